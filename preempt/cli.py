@@ -1,0 +1,353 @@
+"""The ``preempt`` command line: robustify, evaluate, train, certify.
+
+Every user error (bad argument, unreadable file, unknown model) ends in one line on stderr and
+exit status 2; long work shows a progress bar on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+PRESETS = {  # outer iterations, inner steps, random starts
+    "low": {"iterations": 30, "steps": 10, "samples": 1},
+    "medium": {"iterations": 100, "steps": 20, "samples": 1},
+    "high": {"iterations": 200, "steps": 20, "samples": 2},
+}
+
+
+class UsageError(Exception):
+    """A problem the user can fix; printed as one line."""
+
+
+def _positive_float(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is not a number") from None
+    if not v > 0 or v != v or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"{s!r} must be a positive finite number")
+    return v
+
+
+def _positive_int(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is not an integer") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"{s!r} must be at least 1")
+    return v
+
+
+def _bar(total: int, desc: str, unit: str = "it"):
+    from tqdm import tqdm
+
+    # Logs (non-terminals) get a line every 30 s instead of a live bar.
+    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True,
+                mininterval=1.0 if sys.stderr.isatty() else 30.0)
+
+
+def _device(name: str) -> str:
+    import torch
+
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"device {name!r} requested but CUDA is not available here; use --device cpu")
+    return name
+
+
+def _threat(args):
+    from preempt.core.threat import ThreatModel
+
+    try:
+        return ThreatModel(args.norm, args.epsilon, args.delta)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+
+
+def _load(args):
+    from preempt.core.models import load_classifier
+
+    try:
+        return load_classifier(args.model, arch=getattr(args, "arch", None), device=args.device)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+
+
+# ---------------------------------------------------------------- robustify
+def cmd_robustify(args) -> int:
+    import torch
+
+    from preempt.core.images import ImageError, decode
+    from preempt.core.protect import protect_image
+    from preempt.core.robustify import RobustifyConfig
+
+    torch.manual_seed(args.seed)
+    threat = _threat(args)
+    clf = _load(args)
+    settings = dict(PRESETS[args.preset])
+    for k in ("iterations", "steps", "samples"):
+        if getattr(args, k) is not None:
+            settings[k] = getattr(args, k)
+    cfg = RobustifyConfig(**settings)
+    inputs = []
+    for p in args.inputs:
+        p = Path(p)
+        if p.is_dir():
+            inputs += sorted(q for q in p.iterdir() if q.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"))
+        elif p.exists():
+            inputs.append(p)
+        else:
+            raise UsageError(f"{p}: no such file or directory")
+    if not inputs:
+        raise UsageError("no input images (PNG, JPEG or WebP) given")
+    out_dir = Path(args.output)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    names = [p.with_suffix(".png").name for p in inputs]
+    dupes = {n for n in names if names.count(n) > 1}
+    if dupes:
+        raise UsageError(f"several inputs would write the same output file: {sorted(dupes)}")
+    reports = []
+    bar = _bar(len(inputs) * cfg.iterations, "robustify", "iter")
+    failed = 0
+    for path, name in zip(inputs, names):
+        t0 = time.perf_counter()
+        try:
+            img = decode(path.read_bytes())
+        except (ImageError, OSError) as e:
+            print(f"preempt: {path}: {e}", file=sys.stderr)
+            failed += 1
+            bar.update(cfg.iterations)
+            continue
+        result = protect_image(clf.model, img, threat, cfg, device=args.device, verify=not args.no_verify,
+                               progress=lambda i, n, loss: bar.update(1))
+        (out_dir / name).write_bytes(result.png)
+        report = {"input": str(path), "output": str(out_dir / name), "model": clf.name, **result.report,
+                  "seconds": round(time.perf_counter() - t0, 3)}
+        if clf.spec.class_names:
+            report["label_name"] = clf.spec.class_names[report["label"]]
+        reports.append(report)
+    bar.close()
+    report_path = Path(args.report) if args.report else out_dir / "report.json"
+    summary = {"threat": {"norm": threat.norm, "epsilon": threat.epsilon, "delta": threat.delta},
+               "settings": settings, "images": reports}
+    report_path.write_text(json.dumps(summary, indent=2) + "\n")
+    robust = sum(1 for r in reports if r.get("verified", {}).get("robust"))
+    print(f"wrote {len(reports)} image(s) to {out_dir} ({robust} verified robust), report {report_path}"
+          + (f"; {failed} input(s) could not be read" if failed else ""), file=sys.stderr)
+    return 1 if failed else 0
+
+
+# ---------------------------------------------------------------- train
+def cmd_train(args) -> int:
+    import torch
+
+    from preempt.core.data import FASHION_MNIST_CLASSES, fashion_mnist
+    from preempt.core.models import build_model, save_checkpoint
+    from preempt.core.threat import ThreatModel
+    from preempt.core.train import TrainConfig, model_card, train
+
+    torch.manual_seed(args.seed)
+    if args.dataset != "fashion-mnist":
+        raise UsageError("only --dataset fashion-mnist is available on this machine")
+    x, y = fashion_mnist("train", limit=args.limit)
+    n_val = min(args.val_size, len(x) // 5)
+    x_tr, y_tr, x_val, y_val = x[n_val:], y[n_val:], x[:n_val], y[:n_val]
+    threat = None
+    if args.method in ("adversarial", "preemptive"):
+        threat = _threat(args)
+    try:
+        cfg = TrainConfig(method=args.method, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                          attack_steps=args.attack_steps, attack_step=args.attack_step,
+                          descent_steps=args.descent_steps, descent_step=args.descent_step,
+                          sigma=args.sigma, seed=args.seed)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    model = build_model(args.arch, 10, dataset=args.dataset)
+    steps = args.epochs * ((len(x_tr) + args.batch_size - 1) // args.batch_size)
+    bar = _bar(steps, f"train {args.method}", "batch")
+    t0 = time.perf_counter()
+    model, history = train(model, x_tr, y_tr, cfg, threat, x_val, y_val,
+                           progress=lambda s, n, info: (bar.update(1), bar.set_postfix(loss=f"{info['loss']:.3f}")))
+    bar.close()
+    wall = time.perf_counter() - t0
+    x_te, y_te = fashion_mnist("test", limit=args.test_size)
+    with torch.no_grad():
+        test_acc = float((model(x_te).argmax(1) == y_te).float().mean())
+    card = model_card(args.arch, args.dataset, cfg, threat, history, wall,
+                      "preempt " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+                      test_clean_accuracy=test_acc, test_images=len(x_te), train_images=len(x_tr),
+                      input_size=[28, 28], channels=1, class_names=FASHION_MNIST_CLASSES)
+    save_checkpoint(model, Path(args.output), card)
+    print(f"saved {args.output} (test clean accuracy {test_acc:.4f}, {wall:.0f} s)", file=sys.stderr)
+    return 0
+
+
+# ---------------------------------------------------------------- evaluate
+def cmd_evaluate(args) -> int:
+    import torch
+
+    from preempt.core.data import fashion_mnist
+    from preempt.core.evaluate import EvalConfig, evaluate, format_table
+    from preempt.core.robustify import RobustifyConfig
+
+    torch.manual_seed(args.seed)
+    threat = _threat(args)
+    clf = _load(args)
+    x, y = fashion_mnist("test", limit=args.n)
+    attacks = tuple(a.strip() for a in args.attacks.split(",") if a.strip())
+    cfg = EvalConfig(attacks=attacks, whitebox=args.whitebox, batch_size=args.batch_size,
+                     robustify=RobustifyConfig(iterations=args.iterations, steps=args.steps, samples=args.samples))
+    bar = _bar(len(x), "evaluate", "img")
+    rows = evaluate(clf.model, x, y, threat, cfg, model_name=clf.name, device=args.device,
+                    progress=lambda k: bar.update(k))
+    bar.close()
+    table = {"n_images": len(x), "norm": threat.norm, "epsilon": threat.epsilon, "delta": threat.delta, "rows": rows}
+    text = format_table(table)
+    print(text)
+    if args.json:
+        Path(args.json).write_text(json.dumps(table, indent=2) + "\n")
+    if args.markdown:
+        Path(args.markdown).write_text(text + "\n")
+    return 0
+
+
+# ---------------------------------------------------------------- certify
+def cmd_certify(args) -> int:
+    import torch
+
+    from preempt.core.data import fashion_mnist
+    from preempt.core.smoothing import ABSTAIN, Smooth
+
+    torch.manual_seed(args.seed)
+    clf = _load(args)
+    x, y = fashion_mnist("test", limit=args.n)
+    smooth = Smooth(clf.model, 10, args.sigma)
+    rows = []
+    bar = _bar(len(x), "certify", "img")
+    for i in range(len(x)):
+        c, r = smooth.certify(x[i].to(args.device), args.n0, args.samples, args.alpha, batch_size=args.batch_size)
+        rows.append({"index": i, "label": int(y[i]), "predict": c, "radius": r, "correct": c == int(y[i])})
+        bar.update(1)
+    bar.close()
+    certified = sum(1 for r in rows if r["correct"] and r["radius"] >= args.radius) / len(rows)
+    abstained = sum(1 for r in rows if r["predict"] == ABSTAIN) / len(rows)
+    out = {"sigma": args.sigma, "n0": args.n0, "n": args.samples, "alpha": args.alpha, "radius": args.radius,
+           "certified_accuracy": certified, "abstain_rate": abstained, "images": rows}
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
+    print(f"certified accuracy at l2 radius {args.radius}: {certified:.4f} ({len(rows)} images, "
+          f"abstained {abstained:.4f})")
+    return 0
+
+
+# ---------------------------------------------------------------- parser
+def _add_threat(p, epsilon=0.1):
+    p.add_argument("--norm", choices=["linf", "l2"], default="linf")
+    p.add_argument("--epsilon", type=_positive_float, default=epsilon, help="adversary budget (default %(default)s)")
+    p.add_argument("--delta", type=_positive_float, default=None, help="defender budget (default: epsilon)")
+
+
+def _add_model(p):
+    from preempt.core.models import DEFAULT_MODEL
+
+    p.add_argument("--model", default=DEFAULT_MODEL,
+                   help="registered model name or path to a TorchScript/.pt2/state_dict file (default %(default)s)")
+    p.add_argument("--arch", default=None, help="architecture of a state_dict file (small-cnn, preact-resnet18, ...)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--seed", type=int, default=0)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (no usage dump): ``preempt: <what is wrong>``, exit 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="preempt", description="Preemptive image robustification (Moon et al., AAAI 2022)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("robustify", help="robustify images; writes lossless PNGs and a JSON report")
+    p.add_argument("inputs", nargs="+", help="image files (PNG, JPEG, WebP) or folders of them")
+    p.add_argument("-o", "--output", required=True, help="output folder")
+    _add_threat(p)
+    _add_model(p)
+    p.add_argument("--preset", choices=sorted(PRESETS), default="medium")
+    p.add_argument("--iterations", type=_positive_int, default=None, help="outer iterations MAXITER")
+    p.add_argument("--steps", type=_positive_int, default=None, help="inner PGD steps T")
+    p.add_argument("--samples", type=_positive_int, default=None, help="random starts N")
+    p.add_argument("--report", default=None, help="report file (default OUTPUT/report.json)")
+    p.add_argument("--no-verify", action="store_true", help="skip the verification attack on the written PNG")
+    p.set_defaults(func=cmd_robustify)
+
+    p = sub.add_parser("train", help="train a classifier on Fashion-MNIST (Algorithm 2 and baselines)")
+    p.add_argument("--method", choices=["preemptive", "adversarial", "gaussian", "standard"], default="adversarial")
+    p.add_argument("--dataset", default="fashion-mnist")
+    p.add_argument("--arch", default="small-cnn")
+    _add_threat(p)
+    p.add_argument("--epochs", type=_positive_int, default=10)
+    p.add_argument("--batch-size", type=_positive_int, default=128)
+    p.add_argument("--lr", type=_positive_float, default=1e-3)
+    p.add_argument("--attack-steps", type=_positive_int, default=10, help="K")
+    p.add_argument("--attack-step", type=_positive_float, default=None, help="alpha (default eps/4)")
+    p.add_argument("--descent-steps", type=_positive_int, default=1, help="L (preemptive)")
+    p.add_argument("--descent-step", type=_positive_float, default=None, help="beta (default delta)")
+    p.add_argument("--sigma", type=_positive_float, default=0.25, help="noise level (gaussian)")
+    p.add_argument("--limit", type=_positive_int, default=None, help="use only the first N training images")
+    p.add_argument("--val-size", type=_positive_int, default=5000, help="held-out images for early stopping")
+    p.add_argument("--test-size", type=_positive_int, default=10000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("-o", "--output", required=True, help="checkpoint path (.pt); the model card goes beside it")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="grey-box and white-box accuracy of original and robustified test images")
+    _add_threat(p)
+    _add_model(p)
+    p.add_argument("-n", type=_positive_int, default=200, help="test images")
+    p.add_argument("--attacks", default="pgd,aa", help="comma list of pgd, aa")
+    p.add_argument("--whitebox", action="store_true", help="also run the adaptive white-box attack (Alg. 3-4)")
+    p.add_argument("--iterations", type=_positive_int, default=100)
+    p.add_argument("--steps", type=_positive_int, default=20)
+    p.add_argument("--samples", type=_positive_int, default=1)
+    p.add_argument("--batch-size", type=_positive_int, default=200)
+    p.add_argument("--json", default=None)
+    p.add_argument("--markdown", default=None)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("certify", help="CERTIFY of Cohen et al. on Fashion-MNIST test images")
+    _add_model(p)
+    p.add_argument("--sigma", type=_positive_float, default=0.25)
+    p.add_argument("-n", type=_positive_int, default=100, help="test images")
+    p.add_argument("--n0", type=_positive_int, default=100)
+    p.add_argument("--samples", type=_positive_int, default=10000, help="noise samples n")
+    p.add_argument("--alpha", type=_positive_float, default=0.001)
+    p.add_argument("--radius", type=float, default=0.5, help="radius at which certified accuracy is reported")
+    p.add_argument("--batch-size", type=_positive_int, default=1000)
+    p.add_argument("--json", default=None)
+    p.set_defaults(func=cmd_certify)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if hasattr(args, "device"):
+            _device(args.device)
+        return args.func(args)
+    except UsageError as e:
+        print(f"preempt: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("preempt: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,95 @@
+"""Datasets as float tensors in [0, 1] pixel space.
+
+* Fashion-MNIST from the idx files of Debian's ``dataset-fashion-mnist``
+  (``/usr/share/datasets/fashion-mnist/``; override with ``PREEMPT_FASHION_MNIST_DIR``).
+* CIFAR-10 through torchvision: downloaded where the network allows, read from a given folder
+  (``cifar-10-batches-py``) otherwise.
+* ImageNet-style ``ImageFolder`` with resize 256 / center crop 224.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                         "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read an idx file (optionally gzip-compressed) into a numpy array of its declared shape."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    if len(data) < 4 or data[0] != 0 or data[1] != 0:
+        raise ValueError(f"{path}: not an idx file")
+    dtype = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}.get(data[2])
+    if dtype is None:
+        raise ValueError(f"{path}: unknown idx element type 0x{data[2]:02x}")
+    ndim = data[3]
+    shape = struct.unpack(">" + "I" * ndim, data[4:4 + 4 * ndim])
+    arr = np.frombuffer(data, dtype=dtype, offset=4 + 4 * ndim)
+    if arr.size != int(np.prod(shape)):
+        raise ValueError(f"{path}: truncated ({arr.size} elements for shape {shape})")
+    return arr.reshape(shape)
+
+
+def _find(root: Path, stem: str) -> Path:
+    for name in (stem + ".gz", stem):
+        if (root / name).exists():
+            return root / name
+    raise FileNotFoundError(
+        f"{root / stem}[.gz] not found: install Debian's dataset-fashion-mnist "
+        f"(apt-get install dataset-fashion-mnist) or set PREEMPT_FASHION_MNIST_DIR")
+
+
+def fashion_mnist(split: str = "test", root: Optional[Path] = None, limit: Optional[int] = None):
+    """``(x, y)``: images ``[N, 1, 28, 28]`` float32 in [0, 1] and labels ``[N]`` int64."""
+    if split not in ("train", "test"):
+        raise ValueError("split must be 'train' or 'test'")
+    root = Path(root or os.environ.get("PREEMPT_FASHION_MNIST_DIR", FASHION_MNIST_DIR))
+    prefix = "train" if split == "train" else "t10k"
+    images = read_idx(_find(root, f"{prefix}-images-idx3-ubyte"))
+    labels = read_idx(_find(root, f"{prefix}-labels-idx1-ubyte"))
+    if limit is not None:
+        images, labels = images[:limit], labels[:limit]
+    x = torch.from_numpy(images.astype(np.float32) / 255.0).unsqueeze(1)
+    return x, torch.from_numpy(labels.astype(np.int64))
+
+
+def cifar10(split: str = "test", root: str | Path = "data/cifar10", download: bool = True, limit: Optional[int] = None):
+    """CIFAR-10 as ``(x [N, 3, 32, 32], y [N])`` through torchvision (download when ``download``)."""
+    from torchvision.datasets import CIFAR10
+
+    try:
+        ds = CIFAR10(str(root), train=(split == "train"), download=download)
+    except Exception as e:  # noqa: BLE001 - the download fails without network
+        raise RuntimeError(f"CIFAR-10 not found under {root} and could not be downloaded ({e}); "
+                           "place cifar-10-batches-py there") from e
+    data, targets = ds.data, ds.targets
+    if limit is not None:
+        data, targets = data[:limit], targets[:limit]
+    x = torch.from_numpy(np.ascontiguousarray(data)).permute(0, 3, 1, 2).float() / 255.0
+    return x, torch.tensor(targets, dtype=torch.int64)
+
+
+def imagenet_folder(root: str | Path, limit: Optional[int] = None):
+    """ImageFolder with resize 256 / center crop 224 to [0, 1] tensors: ``(x [N, 3, 224, 224], y [N])``."""
+    from torchvision import datasets, transforms
+
+    tf = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor()])
+    ds = datasets.ImageFolder(str(root), transform=tf)
+    n = len(ds) if limit is None else min(limit, len(ds))
+    if n == 0:
+        raise ValueError(f"{root}: no images found (expected ROOT/CLASS/IMAGE files)")
+    xs, ys = zip(*(ds[i] for i in range(n)))
+    return torch.stack(xs), torch.tensor(ys, dtype=torch.int64)

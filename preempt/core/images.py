@@ -1,0 +1,134 @@
+"""Image codecs: real files in, lossless 8-bit PNGs out, the delta budget kept after rounding.
+
+:func:`decode` reads PNG, JPEG or WebP bytes (EXIF orientation applied) into a float tensor
+``[C, H, W]`` in [0, 1] holding the colour channels (1 for grayscale, 3 for colour) and the alpha
+channel separately, untouched. :func:`quantize_within_budget` rounds a robustified float image
+to the 8-bit grid so that the distance to the (8-bit) original never exceeds delta, and
+:func:`encode_png` writes the result with its alpha channel restored.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .threat import flat_norm
+
+FORMATS = ("PNG", "JPEG", "WEBP")
+MAX_PIXELS = 40_000_000
+
+
+class ImageError(ValueError):
+    """An input that is not a usable image; the message says what is wrong."""
+
+
+@dataclass
+class DecodedImage:
+    """Colour channels ``pixels`` ``[C, H, W]`` float32 in [0, 1] (C = 1 or 3), ``alpha`` ``[H, W]`` uint8 or None."""
+
+    pixels: torch.Tensor
+    alpha: Optional[np.ndarray]
+    format: str
+
+    @property
+    def size(self):
+        return tuple(self.pixels.shape[-2:])
+
+
+def decode(data: bytes, max_pixels: int = MAX_PIXELS) -> DecodedImage:
+    """Decode PNG/JPEG/WebP bytes; raise :class:`ImageError` for anything else or anything broken."""
+    Image.MAX_IMAGE_PIXELS = None  # we enforce our own limit below, before decoding pixels
+    try:
+        img = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise ImageError("not an image this service reads (PNG, JPEG or WebP expected)") from None
+    if img.format not in FORMATS:
+        raise ImageError(f"unsupported image format {img.format}; use PNG, JPEG or WebP")
+    w, h = img.size
+    if w * h > max_pixels:
+        raise ImageError(f"image has {w}x{h} = {w * h} pixels; the limit is {max_pixels}")
+    try:
+        img.load()
+        img = ImageOps.exif_transpose(img)
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ImageError(f"image data is truncated or corrupt ({e})") from None
+    fmt = img.format or "PNG"
+    alpha = None
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        img = img.convert("RGBA" if img.mode != "LA" else "LA")
+        alpha = np.array(img.getchannel("A"), dtype=np.uint8)
+        img = img.convert("RGB" if img.mode == "RGBA" else "L")
+    elif img.mode in ("L", "1", "I", "I;16", "F"):
+        img = img.convert("L")
+    else:
+        img = img.convert("RGB")
+    arr = np.asarray(img, dtype=np.float32) / 255.0
+    pixels = torch.from_numpy(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1).copy())
+    return DecodedImage(pixels=pixels, alpha=alpha, format=fmt)
+
+
+def quantize_within_budget(x_rob: torch.Tensor, x_orig: torch.Tensor, norm: str, delta: float) -> torch.Tensor:
+    """Round ``x_rob`` to multiples of 1/255 without leaving ``B_delta(x_orig)``.
+
+    ``x_orig`` must lie on the 8-bit grid (a decoded file). Each coordinate of the perturbation is
+    rounded to the nearest level; if that breaks the budget, coordinates are rounded toward
+    ``x_orig`` instead (truncation never increases any coordinate's distance, so the truncated
+    perturbation is within the budget whenever the float one was), largest excess first for l2.
+    Shapes ``[B, C, H, W]`` or ``[C, H, W]``; returns the same shape.
+    """
+    single = x_rob.dim() == 3
+    if single:
+        x_rob, x_orig = x_rob[None], x_orig[None]
+    base = torch.round(x_orig * 255)
+    d = x_rob * 255 - base
+    nearest = torch.round(d)
+    toward = torch.trunc(d)
+    out = nearest.clone()
+    budget = delta * 255 * (1 + 1e-6)
+    if norm == "linf":
+        lim = float(np.floor(budget))
+        out = torch.clamp(out, -lim, lim)
+    else:
+        for i in range(out.shape[0]):
+            if float(out[i].norm()) <= budget:
+                continue
+            # Switch the coordinates whose rounding went away from x_orig, biggest gain first.
+            flat, fl_tw = out[i].flatten(), toward[i].flatten()
+            gain = flat.pow(2) - fl_tw.pow(2)
+            order = torch.argsort(gain, descending=True)
+            excess = float(flat.pow(2).sum()) - budget ** 2
+            cum = torch.cumsum(gain[order], 0)
+            k = int(torch.searchsorted(cum, torch.tensor(excess, dtype=cum.dtype))) + 1
+            flat[order[:k]] = fl_tw[order[:k]]
+            out[i] = flat.view_as(out[i])
+    result = ((base + out).clamp(0, 255)) / 255
+    return result[0] if single else result
+
+
+def encode_png(pixels: torch.Tensor, alpha: Optional[np.ndarray] = None) -> bytes:
+    """Lossless PNG of ``pixels`` ``[C, H, W]`` in [0, 1] (C = 1 or 3), with ``alpha`` if given."""
+    arr = np.round(pixels.detach().cpu().clamp(0, 1).numpy() * 255).astype(np.uint8)
+    if arr.shape[0] == 1:
+        img = Image.fromarray(arr[0], mode="L")
+        if alpha is not None:
+            img = Image.merge("LA", (img, Image.fromarray(alpha, mode="L")))
+    else:
+        img = Image.fromarray(arr.transpose(1, 2, 0), mode="RGB")
+        if alpha is not None:
+            img = Image.merge("RGBA", (*img.split(), Image.fromarray(alpha, mode="L")))
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", optimize=False)
+    return buf.getvalue()
+
+
+def budget_used(x_rob: torch.Tensor, x_orig: torch.Tensor) -> dict:
+    """``{"linf", "l2", "psnr"}`` of a single image pair ``[C, H, W]`` in [0, 1]."""
+    d = (x_rob - x_orig)[None]
+    mse = float(d.pow(2).mean())
+    psnr = float("inf") if mse == 0 else float(10 * np.log10(1.0 / mse))
+    return {"linf": float(flat_norm(d, "linf")[0]), "l2": float(flat_norm(d, "l2")[0]), "psnr": psnr}

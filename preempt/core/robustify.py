@@ -1,0 +1,180 @@
+"""Preemptive robustification: Algorithm 1 and Equation (2) of the paper (Sections 3.3, 3.4, 3.6).
+
+Find ``x_rob`` in ``B_delta(x_orig)`` that minimises ``sup_{x_adv in B_eps(x_rob)} l(x_adv, c(x_orig))``.
+The supremum is approximated by T-step PGD from N random starts (:func:`attacks.pgd_dynamics`);
+the gradient of the mean loss of the N end points with respect to ``x_rob`` (first-order by
+default, Section 3.4) drives the outer update.
+
+Everything is batched: a batch of B images runs its N random starts as one batch of ``B * N``.
+
+Outer optimisers:
+
+* ``"pgd"``: projected gradient descent, ``x_rob <- Pi_{x_orig, delta}(x_rob - beta * step(grad))``,
+  with the per-norm step of :class:`threat.Geometry` (sign for linf, normalised for l2). This is
+  the update written in Algorithm 1.
+* ``"rmsprop"`` (linf only): the official code's reparameterisation
+  ``x_rob = clip(x_orig + delta * tanh(w), 0, 1)`` with RMSprop on ``w`` (lr 0.1); the budget holds
+  by construction.
+
+For smoothed classifiers (Section 3.6) pass ``sigma`` and ``noise_samples``: the inner attack
+becomes randomized PGD on the smoothed soft classifier (Eq. 3).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import torch
+
+from .attacks import ce_loss, pgd_dynamics, smoothed_loss
+from .threat import ThreatModel, flat_norm
+
+Progress = Callable[[int, int, float], None]
+
+
+@dataclass
+class RobustifyConfig:
+    """Hyperparameters of Algorithm 1. Defaults are the official code's settings (DESIGN.md)."""
+
+    iterations: int = 100  # MAXITER
+    steps: int = 20  # T, inner PGD steps
+    samples: int = 1  # N, random starts per outer iteration
+    inner_step: Optional[float] = None  # alpha; None -> epsilon / 4
+    optimizer: Optional[str] = None  # "pgd" | "rmsprop"; None -> rmsprop for linf, pgd for l2
+    lr: Optional[float] = None  # beta; None -> 0.1 (rmsprop) or 2.5 * delta / iterations (pgd)
+    init: str = "original"  # "original" (x_rob = x_orig) or "random" (uniform in B_delta(x_orig))
+    second_order: bool = False  # exact update gradient (Section 3.4); meaningful for l2
+    sigma: Optional[float] = None  # smoothing noise level (Section 3.6); None: plain classifier
+    noise_samples: int = 8  # M, Gaussian draws per randomized-PGD step
+
+    def resolved(self, threat: ThreatModel) -> "RobustifyConfig":
+        """A copy with every ``None`` replaced by its norm-dependent default, validated."""
+        opt = self.optimizer or ("rmsprop" if threat.norm == "linf" else "pgd")
+        if opt not in ("pgd", "rmsprop"):
+            raise ValueError(f"optimizer must be 'pgd' or 'rmsprop', got {opt!r}")
+        if opt == "rmsprop" and threat.norm != "linf":
+            raise ValueError("the tanh-reparameterised RMSprop optimiser keeps an linf budget; use optimizer='pgd' for l2")
+        if self.init not in ("original", "random"):
+            raise ValueError(f"init must be 'original' or 'random', got {self.init!r}")
+        for name in ("iterations", "samples"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        if self.steps < 0:
+            raise ValueError("steps must be non-negative")
+        lr = self.lr if self.lr is not None else (0.1 if opt == "rmsprop" else 2.5 * threat.delta / self.iterations)
+        step = self.inner_step if self.inner_step is not None else threat.default_inner_step()
+        return RobustifyConfig(
+            iterations=self.iterations, steps=self.steps, samples=self.samples, inner_step=step,
+            optimizer=opt, lr=lr, init=self.init, second_order=self.second_order,
+            sigma=self.sigma, noise_samples=self.noise_samples,
+        )
+
+
+@dataclass
+class RobustifyResult:
+    """Output of :func:`robustify`: images ``[B, C, H, W]`` and per-image diagnostics ``[B]``."""
+
+    x_rob: torch.Tensor
+    label: torch.Tensor  # the label protected: c(x_orig) unless given
+    robust_loss: torch.Tensor  # mean inner-attack loss at the last outer iteration
+    linf: torch.Tensor  # ||x_rob - x_orig||_inf
+    l2: torch.Tensor  # ||x_rob - x_orig||_2
+    passes: int  # forward-backward passes of the classifier per image
+    history: list = field(default_factory=list)  # mean robust loss per outer iteration
+
+
+def predict_labels(model: torch.nn.Module, x: torch.Tensor, sigma: Optional[float] = None,
+                   noise_samples: int = 32) -> torch.Tensor:
+    """``c(x)``, or for a smoothed model the argmax of the Monte-Carlo smoothed soft classifier."""
+    with torch.no_grad():
+        if sigma is None:
+            return model(x).argmax(dim=1)
+        probs = 0
+        for _ in range(noise_samples):
+            probs = probs + torch.softmax(model(x + sigma * torch.randn_like(x)), dim=1)
+        return probs.argmax(dim=1)
+
+
+def robustify(
+    model: torch.nn.Module,
+    x_orig: torch.Tensor,
+    threat: ThreatModel,
+    config: RobustifyConfig | None = None,
+    y: Optional[torch.Tensor] = None,
+    progress: Optional[Progress] = None,
+    maximize: bool = False,
+) -> RobustifyResult:
+    """Algorithm 1 on a batch ``x_orig`` ``[B, C, H, W]`` in [0, 1]; ``y`` defaults to ``c(x_orig)``.
+
+    ``progress(iteration, total, mean_loss)`` is called after each outer iteration.
+    The model is used as given (call ``model.eval()`` first); its parameters are not modified.
+    ``maximize=True`` ascends the robust loss instead: the reconstruction of Algorithm 3, where
+    ``x_orig`` is the robustified image whose delta-ball is searched.
+    """
+    cfg = (config or RobustifyConfig()).resolved(threat)
+    if maximize and cfg.optimizer != "pgd":
+        raise ValueError("maximize=True (reconstruction) uses optimizer='pgd'")
+    geometry = threat.geometry
+    x_orig = x_orig.detach()
+    if y is None:
+        y = predict_labels(model, x_orig, cfg.sigma)
+    y = y.to(x_orig.device)
+    n = cfg.samples
+    y_rep = y.repeat_interleave(n)
+    loss_fn = ce_loss if cfg.sigma is None else smoothed_loss(cfg.sigma, cfg.noise_samples)
+    delta = threat.delta
+
+    if cfg.init == "random":
+        x_init = geometry.random_in_ball(x_orig, delta)
+    else:
+        x_init = x_orig.clone()
+
+    if cfg.optimizer == "rmsprop":
+        # x_rob = clip(x_orig + delta * tanh(w)); start w where x_init lies (atanh kept finite).
+        ratio = ((x_init - x_orig) / max(delta, 1e-12)).clamp(-1 + 1e-6, 1 - 1e-6)
+        w = torch.atanh(ratio).requires_grad_(True)
+        opt = torch.optim.RMSprop([w], lr=cfg.lr)
+
+        def current() -> torch.Tensor:
+            return (x_orig + delta * torch.tanh(w)).clamp(0.0, 1.0)
+    else:
+        x_rob = x_init.clone()
+
+    history = []
+    last_loss = torch.zeros(x_orig.shape[0], device=x_orig.device)
+    for it in range(cfg.iterations):
+        if cfg.optimizer == "rmsprop":
+            x_var = current()
+        else:
+            x_var = x_rob.detach().requires_grad_(True)
+        with torch.enable_grad():
+            x_centers = x_var.repeat_interleave(n, dim=0)
+            x_adv = pgd_dynamics(model, x_centers, y_rep, geometry, threat.epsilon, cfg.steps,
+                                 cfg.inner_step, loss_fn=loss_fn, second_order=cfg.second_order)
+            losses = loss_fn(model, x_adv, y_rep).view(-1, n).mean(dim=1)
+            if cfg.optimizer == "rmsprop":
+                opt.zero_grad(set_to_none=True)
+                losses.sum().backward()
+                opt.step()
+            else:
+                (grad,) = torch.autograd.grad(losses.sum(), x_var)
+                with torch.no_grad():
+                    x_rob = geometry.project(geometry.step(x_rob, grad if maximize else -grad, cfg.lr), x_orig, delta)
+        last_loss = losses.detach()
+        history.append(float(last_loss.mean()))
+        if progress is not None:
+            progress(it + 1, cfg.iterations, history[-1])
+
+    with torch.no_grad():
+        x_final = current().detach() if cfg.optimizer == "rmsprop" else x_rob.detach()
+        # robust_loss was measured before the last outer update (one more attack would cost T+1 passes).
+        return RobustifyResult(
+            x_rob=x_final,
+            label=y,
+            robust_loss=last_loss,
+            linf=flat_norm(x_final - x_orig, "linf"),
+            l2=flat_norm(x_final - x_orig, "l2"),
+            passes=cfg.iterations * (cfg.steps + 1) * n * (cfg.noise_samples if cfg.sigma else 1),
+            history=history,
+        )

@@ -1,0 +1,48 @@
+import pytest
+import torch
+
+from preempt.core.attacks import pgd
+from preempt.core.autoattack import STANDARD, AutoAttack
+from preempt.core.threat import Geometry, flat_norm
+from tests.conftest import accuracy
+
+
+def test_pgd_breaks_an_undefended_model(standard_model, fmnist_test):
+    x, y = fmnist_test[0][:200], fmnist_test[1][:200]
+    clean = accuracy(standard_model, x, y)
+    torch.manual_seed(0)
+    x_adv = pgd(standard_model, x, y, Geometry("linf"), 0.1)
+    noise = Geometry("linf").random_in_ball(x, 0.1)  # same budget, no gradient
+    assert clean > 0.7
+    assert accuracy(standard_model, noise, y) > clean - 0.1
+    assert accuracy(standard_model, x_adv, y) < 0.5 * clean
+    assert (flat_norm(x_adv - x, "linf") <= 0.1 + 1e-6).all()
+    assert x_adv.min() >= 0 and x_adv.max() <= 1
+
+
+def test_pgd_l2_stays_in_budget_and_hurts(standard_model, fmnist_test):
+    x, y = fmnist_test[0][:200], fmnist_test[1][:200]
+    torch.manual_seed(0)
+    x_adv = pgd(standard_model, x, y, Geometry("l2"), 1.5)
+    assert (flat_norm(x_adv - x, "l2") <= 1.5 * (1 + 1e-5)).all()
+    assert accuracy(standard_model, x_adv, y) < 0.5 * accuracy(standard_model, x, y)
+
+
+def test_autoattack_is_configured_as_the_standard_version(standard_model):
+    attacks = AutoAttack(standard_model, "linf", 8 / 255, num_classes=10).build()
+    assert list(attacks) == ["apgd-ce", "apgd-t", "fab-t", "square"]
+    assert attacks["apgd-ce"].steps == 100 and attacks["apgd-ce"].loss == "ce" and attacks["apgd-ce"].n_restarts == 1
+    assert attacks["apgd-t"].steps == 100 and attacks["apgd-t"].n_target_classes == 9
+    assert attacks["fab-t"].steps == 100 and attacks["fab-t"].multi_targeted and attacks["fab-t"].n_target_classes == 9
+    assert attacks["square"].n_queries == 5000 and attacks["square"].p_init == 0.8
+    assert all(a.eps == 8 / 255 for a in attacks.values())
+    assert STANDARD["apgd-ce"]["steps"] == 100
+
+
+@pytest.mark.parametrize("norm,eps", [("linf", 0.1), ("l2", 1.5)])
+def test_autoattack_is_at_least_as_strong_as_pgd(standard_model, fmnist_test, norm, eps):
+    x, y = fmnist_test[0][:48], fmnist_test[1][:48]
+    torch.manual_seed(0)
+    aa = AutoAttack(standard_model, norm, eps, components=("apgd-ce", "apgd-t")).run(x, y)
+    assert (flat_norm(aa - x, norm) <= eps * (1 + 1e-5) + 1e-6).all()
+    assert accuracy(standard_model, aa, y) <= accuracy(standard_model, pgd(standard_model, x, y, Geometry(norm), eps), y)

@@ -1,0 +1,106 @@
+import pytest
+import torch
+import torch.nn as nn
+
+from preempt.core.attacks import pgd, pgd_dynamics
+from preempt.core.robustify import RobustifyConfig, robustify
+from preempt.core.threat import Geometry, ThreatModel, flat_norm
+from tests.conftest import accuracy
+
+
+def _robust_accuracy(model, x, y, threat, restarts=1):
+    x_adv = pgd(model, x, y, threat.geometry, threat.epsilon, steps=20, restarts=restarts)
+    with torch.no_grad():
+        return float(((model(x).argmax(1) == y) & (model(x_adv).argmax(1) == y)).float().mean())
+
+
+@pytest.mark.parametrize("norm,eps,optimizer", [("linf", 0.1, None), ("linf", 0.1, "pgd"), ("l2", 1.5, None)])
+def test_robustified_images_keep_label_budget_and_resist_pgd(standard_model, fmnist_test, norm, eps, optimizer):
+    adv_model = standard_model  # an undefended model: a wide clean-minus-PGD gap to close
+    torch.manual_seed(0)
+    x, y = fmnist_test[0][:64], fmnist_test[1][:64]
+    threat = ThreatModel(norm, eps)
+    with torch.no_grad():
+        pred = adv_model(x).argmax(1)
+    res = robustify(adv_model, x, threat, RobustifyConfig(iterations=30, steps=10, optimizer=optimizer))
+    # the budget is kept, the image stays an image
+    assert (flat_norm(res.x_rob - x, norm) <= eps * (1 + 1e-5) + 1e-6).all()
+    assert res.x_rob.min() >= 0 and res.x_rob.max() <= 1
+    # the label protected is c(x_orig), and it is kept
+    assert torch.equal(res.label, pred)
+    with torch.no_grad():
+        assert float((adv_model(res.x_rob).argmax(1) == pred).float().mean()) >= 0.95
+    # the attack fails on robustified images far more often than on the originals
+    clean = accuracy(adv_model, x, y)
+    before = _robust_accuracy(adv_model, x, y, threat)
+    after = _robust_accuracy(adv_model, res.x_rob, y, threat)
+    assert clean - before > 0.1, "the fixture model should be attackable"
+    assert after - before >= 0.4 * (clean - before), (clean, before, after)
+    assert res.robust_loss.mean() < res.history[0]
+
+
+def test_random_init_starts_inside_delta_ball(adv_model, fmnist_test):
+    torch.manual_seed(0)
+    x = fmnist_test[0][:8]
+    for norm, eps in (("linf", 0.1), ("l2", 1.5)):
+        res = robustify(adv_model, x, ThreatModel(norm, eps), RobustifyConfig(iterations=2, steps=2, init="random"))
+        assert (flat_norm(res.x_rob - x, norm) <= eps * (1 + 1e-5) + 1e-6).all()
+        assert (res.x_rob != x).any()
+
+
+def test_n_random_starts_run_as_one_batch(adv_model, fmnist_test):
+    calls = []
+    model = nn.Sequential(adv_model)
+    model.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    robustify(model, fmnist_test[0][:5], ThreatModel("linf", 0.1), RobustifyConfig(iterations=2, steps=3, samples=4))
+    assert set(calls[1:]) == {20}  # after the label pass, every pass sees 5 images x 4 starts
+
+
+def test_rmsprop_is_refused_for_l2():
+    with pytest.raises(ValueError):
+        RobustifyConfig(optimizer="rmsprop").resolved(ThreatModel("l2", 0.5))
+
+
+def _smooth_mlp():
+    torch.manual_seed(1)
+    return nn.Sequential(nn.Flatten(), nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3)).double()
+
+
+def test_exact_second_order_l2_gradient_matches_finite_differences():
+    """Section 3.4: with second_order=True the update gradient is the exact derivative of l(x^{a,T}(x_r))."""
+    model = _smooth_mlp()
+    geometry = Geometry("l2")
+    x_r = (0.4 + 0.2 * torch.rand(1, 1, 2, 3, dtype=torch.float64))
+    y = torch.tensor([0])
+    eta = 0.05 * torch.randn_like(x_r)
+
+    def objective(center, second_order=True):
+        start = center + eta
+        x_adv = pgd_dynamics(model, center, y, geometry, 0.2, steps=4, step_size=0.05,
+                             x_start=start, second_order=second_order)
+        return nn.functional.cross_entropy(model(x_adv), y)
+
+    c = x_r.clone().requires_grad_(True)
+    (exact,) = torch.autograd.grad(objective(c), c)
+    c = x_r.clone().requires_grad_(True)
+    (first,) = torch.autograd.grad(objective(c, second_order=False), c)
+    h = 1e-6
+    fd = torch.zeros_like(x_r)
+    for i in range(x_r.numel()):
+        e = torch.zeros_like(x_r).view(-1)
+        e[i] = h
+        e = e.view_as(x_r)
+        with torch.enable_grad():
+            fd.view(-1)[i] = (objective(x_r + e) - objective(x_r - e)).detach() / (2 * h)
+    assert torch.allclose(exact, fd, rtol=1e-4, atol=1e-7), (exact, fd)
+    # the first-order approximation drops the Hessian terms, so it is measurably different
+    assert not torch.allclose(first, fd, rtol=1e-3, atol=1e-6)
+
+
+def test_smoothed_robustification_keeps_budget(adv_model, fmnist_test):
+    torch.manual_seed(0)
+    x = fmnist_test[0][:8]
+    res = robustify(adv_model, x, ThreatModel("l2", 0.5),
+                    RobustifyConfig(iterations=3, steps=2, sigma=0.25, noise_samples=4))
+    assert (flat_norm(res.x_rob - x, "l2") <= 0.5 * (1 + 1e-5)).all()
+    assert res.passes == 3 * 3 * 4

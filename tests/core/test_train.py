@@ -1,0 +1,38 @@
+import torch
+import torch.nn.functional as F
+
+from preempt.core.models import build_model
+from preempt.core.threat import ThreatModel, flat_norm
+from preempt.core.train import TrainConfig, model_card, preemptive_point, train
+
+
+def test_preemptive_point_lowers_loss_inside_delta(adv_model, fmnist_test):
+    """Algorithm 2's first stage: x_r within B_delta(x_o) with lower loss than x_o."""
+    torch.manual_seed(0)
+    x, y = fmnist_test[0][:200], fmnist_test[1][:200]
+    threat = ThreatModel("linf", 0.1)
+    x_r = preemptive_point(adv_model, x, y, threat, steps=1, step_size=0.1)
+    assert (flat_norm(x_r - x, "linf") <= 0.1 + 1e-6).all()
+    with torch.no_grad():
+        assert F.cross_entropy(adv_model(x_r), y) < F.cross_entropy(adv_model(x), y)
+
+
+def test_preemptive_training_learns_and_records_a_card(fmnist_train, fmnist_test):
+    torch.manual_seed(0)
+    x, y = fmnist_train[0][:1500], fmnist_train[1][:1500]
+    threat = ThreatModel("linf", 0.1)
+    cfg = TrainConfig(method="preemptive", epochs=2, batch_size=64, attack_steps=3, attack_step=0.05)
+    model, history = train(build_model("small-cnn"), x, y, cfg, threat, fmnist_test[0][:200], fmnist_test[1][:200])
+    assert len(history) == 2 and history[-1]["loss"] < history[0]["loss"] + 0.5
+    assert max(h["clean_accuracy"] for h in history) > 0.5
+    card = model_card("small-cnn", "fashion-mnist", cfg, threat, history, 1.0, "test")
+    assert card["method"] == "preemptive" and card["threat"]["epsilon"] == 0.1 and card["seed"] == 0
+
+
+def test_adversarial_training_keeps_the_best_epoch(fmnist_train, fmnist_test):
+    torch.manual_seed(0)
+    cfg = TrainConfig(method="adversarial", epochs=2, batch_size=64, attack_steps=2, attack_step=0.05)
+    model, history = train(build_model("small-cnn"), fmnist_train[0][:800], fmnist_train[1][:800], cfg,
+                           ThreatModel("linf", 0.1), fmnist_test[0][:100], fmnist_test[1][:100])
+    best = max(history, key=lambda h: h["selection_metric"])
+    assert best.get("best")

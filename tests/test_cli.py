@@ -1,0 +1,81 @@
+"""The ``preempt`` command line, run as a real subprocess on real image files."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from preempt.core.images import decode
+from preempt.core.threat import flat_norm
+
+
+def run(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "preempt.cli", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=600)
+
+
+@pytest.fixture(scope="module")
+def torchscript_model(tmp_path_factory, adv_model, fmnist_test):
+    d = tmp_path_factory.mktemp("model")
+    path = d / "fmnist.pt"
+    torch.jit.trace(adv_model, fmnist_test[0][:1]).save(str(path))
+    (d / "fmnist.json").write_text(json.dumps({"input_size": [28, 28], "channels": 1,
+                                               "class_names": [str(i) for i in range(10)]}))
+    return path
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory, fmnist_test):
+    d = tmp_path_factory.mktemp("images")
+    x = (fmnist_test[0][:4, 0].numpy() * 255).round().astype(np.uint8)
+    Image.fromarray(x[0], "L").save(d / "a.png")
+    Image.fromarray(x[1], "L").save(d / "b.png")
+    Image.fromarray(x[2], "L").save(d / "c.jpg", quality=90)
+    big = np.array(Image.fromarray(x[3], "L").resize((44, 37))).astype(np.uint8)
+    Image.fromarray(np.stack([big, big // 2, big], -1), "RGB").save(d / "photo.jpg", quality=92)
+    return d
+
+
+@pytest.mark.parametrize("norm,eps", [("linf", 0.1), ("l2", 1.5)])
+def test_robustify_writes_pngs_within_budget(tmp_path, torchscript_model, image_folder, norm, eps):
+    out = tmp_path / "out"
+    r = run("robustify", str(image_folder), "-o", str(out), "--model", str(torchscript_model), "--norm", norm,
+            "--epsilon", str(eps), "--iterations", "8", "--steps", "5")
+    assert r.returncode == 0, r.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert sorted(p.name for p in out.glob("*.png")) == ["a.png", "b.png", "c.png", "photo.png"]
+    for entry in report["images"]:
+        src = decode(open(entry["input"], "rb").read()).pixels
+        dst = decode((out / entry["output"].split("/")[-1]).read_bytes()).pixels
+        assert dst.shape == src.shape  # native size and channels kept
+        assert float(flat_norm((dst - src)[None], norm)[0]) <= eps + 1e-6
+        assert entry[norm] <= eps + 1e-6
+        assert entry["label_kept"] and "robust" in entry["verified"]
+        assert entry["label_name"] == str(entry["label"])
+
+
+def test_bad_arguments_get_one_line_and_nonzero_exit(tmp_path, torchscript_model, image_folder):
+    for args in (
+        ["robustify", str(tmp_path / "nope.png"), "-o", str(tmp_path), "--model", str(torchscript_model)],
+        ["robustify", str(image_folder / "a.png"), "-o", str(tmp_path), "--model", str(tmp_path / "none.pt")],
+        ["robustify", str(image_folder / "a.png"), "-o", str(tmp_path), "--epsilon", "-1"],
+        ["robustify", str(image_folder / "a.png"), "-o", str(tmp_path), "--device", "cuda:7"],
+    ):
+        r = run(*args)
+        assert r.returncode == 2, (args, r.stderr)
+        assert "Traceback" not in r.stderr
+        assert r.stderr.strip().count("\n") <= 2, r.stderr
+
+
+def test_unreadable_image_is_reported_and_others_still_written(tmp_path, torchscript_model, image_folder):
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    r = run("robustify", str(bad), str(image_folder / "a.png"), "-o", str(tmp_path / "o"), "--model",
+            str(torchscript_model), "--iterations", "2", "--steps", "2", "--no-verify")
+    assert r.returncode == 1
+    assert "broken.png" in r.stderr and "Traceback" not in r.stderr
+    assert (tmp_path / "o" / "a.png").exists()
