@@ -83,7 +83,7 @@ def cmd_robustify(args) -> int:
     import torch
 
     from preempt.core.images import ImageError, decode
-    from preempt.core.protect import protect_image
+    from preempt.core.protect import protect_images
     from preempt.core.robustify import RobustifyConfig
 
     torch.manual_seed(args.seed)
@@ -111,26 +111,34 @@ def cmd_robustify(args) -> int:
     dupes = {n for n in names if names.count(n) > 1}
     if dupes:
         raise UsageError(f"several inputs would write the same output file: {sorted(dupes)}")
-    reports = []
-    bar = _bar(len(inputs) * cfg.iterations, "robustify", "iter")
-    failed = 0
-    for path, name in zip(inputs, names):
-        t0 = time.perf_counter()
+    # Decode everything first, then robustify images of one shape together, a batch at a time.
+    decoded, failed = {}, 0
+    for path in inputs:
         try:
-            img = decode(path.read_bytes())
+            decoded[path] = decode(path.read_bytes())
         except (ImageError, OSError) as e:
             print(f"preempt: {path}: {e}", file=sys.stderr)
             failed += 1
-            bar.update(cfg.iterations)
-            continue
-        result = protect_image(clf.model, img, threat, cfg, device=args.device, verify=not args.no_verify,
-                               progress=lambda i, n, loss: bar.update(1))
-        (out_dir / name).write_bytes(result.png)
-        report = {"input": str(path), "output": str(out_dir / name), "model": clf.name, **result.report,
-                  "seconds": round(time.perf_counter() - t0, 3)}
-        if clf.spec.class_names:
-            report["label_name"] = clf.spec.class_names[report["label"]]
-        reports.append(report)
+    groups = {}
+    for path, img in decoded.items():
+        groups.setdefault(tuple(img.pixels.shape), []).append(path)
+    batches = [paths[i:i + args.batch_size] for paths in groups.values() for i in range(0, len(paths), args.batch_size)]
+    reports = {}
+    bar = _bar(len(batches) * cfg.iterations, f"robustify {len(decoded)} image(s)", "iter")
+    for paths in batches:
+        t0 = time.perf_counter()
+        results = protect_images(clf.model, [decoded[p] for p in paths], threat, cfg, device=args.device,
+                                 verify=not args.no_verify, progress=lambda i, n, loss: bar.update(1))
+        seconds = (time.perf_counter() - t0) / len(paths)
+        for path, result in zip(paths, results):
+            name = path.with_suffix(".png").name
+            (out_dir / name).write_bytes(result.png)
+            report = {"input": str(path), "output": str(out_dir / name), "model": clf.name, **result.report,
+                      "seconds": round(seconds, 3)}
+            if clf.spec.class_names:
+                report["label_name"] = clf.spec.class_names[report["label"]]
+            reports[path] = report
+    reports = [reports[p] for p in inputs if p in reports]
     bar.close()
     report_path = Path(args.report) if args.report else out_dir / "report.json"
     summary = {"threat": {"norm": threat.norm, "epsilon": threat.epsilon, "delta": threat.delta},
@@ -284,6 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=_positive_int, default=None, help="random starts N")
     p.add_argument("--report", default=None, help="report file (default OUTPUT/report.json)")
     p.add_argument("--no-verify", action="store_true", help="skip the verification attack on the written PNG")
+    p.add_argument("--batch-size", type=_positive_int, default=64, help="images of one size robustified together")
     p.set_defaults(func=cmd_robustify)
 
     p = sub.add_parser("train", help="train a classifier on Fashion-MNIST (Algorithm 2 and baselines)")

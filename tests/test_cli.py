@@ -79,3 +79,24 @@ def test_unreadable_image_is_reported_and_others_still_written(tmp_path, torchsc
     assert r.returncode == 1
     assert "broken.png" in r.stderr and "Traceback" not in r.stderr
     assert (tmp_path / "o" / "a.png").exists()
+
+
+def test_evaluate_writes_a_table_whose_json_matches(tmp_path, torchscript_model):
+    r = run("evaluate", "--model", str(torchscript_model), "-n", "24", "--attacks", "pgd", "--iterations", "5",
+            "--steps", "5", "--json", str(tmp_path / "t.json"), "--markdown", str(tmp_path / "t.md"))
+    assert r.returncode == 0, r.stderr
+    table = json.loads((tmp_path / "t.json").read_text())
+    none, ours = table["rows"]
+    assert (none["preempt"], ours["preempt"]) == ("none", "ours") and table["n_images"] == 24
+    assert abs(ours["clean"] - none["clean"]) <= 0.05  # robustification keeps c(x_orig)
+    assert 0 <= none["greybox_pgd"] <= none["clean"] and ours["linf"] <= 0.1 + 1e-6
+    assert f"{100 * ours['greybox_pgd']:.2f}" in (tmp_path / "t.md").read_text()
+
+
+def test_certify_reports_certified_accuracy(tmp_path, torchscript_model):
+    r = run("certify", "--model", str(torchscript_model), "-n", "3", "--n0", "20", "--samples", "200",
+            "--json", str(tmp_path / "c.json"))
+    assert r.returncode == 0, r.stderr
+    out = json.loads((tmp_path / "c.json").read_text())
+    assert len(out["images"]) == 3 and 0 <= out["certified_accuracy"] <= 1
+    assert all(img["radius"] >= 0 for img in out["images"])

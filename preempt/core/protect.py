@@ -13,7 +13,7 @@ The pipeline the command line and the service share:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import List, Optional
 
 import torch
 
@@ -40,26 +40,40 @@ def verify_robust(model: torch.nn.Module, x: torch.Tensor, label: torch.Tensor, 
         return (model(x_adv).argmax(1) == label) & (model(x).argmax(1) == label)
 
 
+def protect_images(model: torch.nn.Module, images: List[DecodedImage], threat: ThreatModel,
+                   config: Optional[RobustifyConfig] = None, device: str = "cpu", verify: bool = True,
+                   progress: Optional[Progress] = None) -> List[ProtectResult]:
+    """Robustify decoded images of one shape as one batch; return PNG bytes and a report for each."""
+    shapes = {tuple(img.pixels.shape) for img in images}
+    if len(shapes) != 1:
+        raise ValueError(f"protect_images needs images of one shape, got {sorted(shapes)}")
+    x_orig = torch.stack([img.pixels for img in images]).to(device)
+    result = robustify(model, x_orig, threat, config, progress=progress)
+    x_q = quantize_within_budget(result.x_rob, x_orig, threat.norm, threat.delta)
+    pngs = [encode_png(x_q[i], img.alpha) for i, img in enumerate(images)]
+    decoded = torch.stack([decode(png).pixels for png in pngs]).to(device)
+    label = result.label
+    with torch.no_grad():
+        kept = model(decoded).argmax(1) == label
+    robust = verify_robust(model, decoded, label, threat) if verify else None
+    out = []
+    for i, png in enumerate(pngs):
+        report = {
+            "norm": threat.norm, "epsilon": threat.epsilon, "delta": threat.delta,
+            **budget_used(decoded[i], x_orig[i]),
+            "label": int(label[i]),
+            "label_kept": bool(kept[i]),
+            "robust_loss": float(result.robust_loss[i]),
+            "passes": result.passes,
+        }
+        if robust is not None:
+            report["verified"] = {"attack": VERIFY_ATTACK, "robust": bool(robust[i])}
+        out.append(ProtectResult(png=png, pixels=decoded[i].cpu(), report=report))
+    return out
+
+
 def protect_image(model: torch.nn.Module, image: DecodedImage, threat: ThreatModel,
                   config: Optional[RobustifyConfig] = None, device: str = "cpu", verify: bool = True,
                   progress: Optional[Progress] = None) -> ProtectResult:
     """Robustify one decoded image; return the PNG bytes and the protection report."""
-    x_orig = image.pixels.to(device)[None]
-    result = robustify(model, x_orig, threat, config, progress=progress)
-    x_q = quantize_within_budget(result.x_rob, x_orig, threat.norm, threat.delta)
-    png = encode_png(x_q[0], image.alpha)
-    decoded = decode(png).pixels.to(device)
-    label = result.label
-    report = {
-        "norm": threat.norm, "epsilon": threat.epsilon, "delta": threat.delta,
-        **budget_used(decoded, x_orig[0]),
-        "label": int(label[0]),
-        "robust_loss": float(result.robust_loss[0]),
-        "passes": result.passes,
-    }
-    with torch.no_grad():
-        report["label_kept"] = bool(model(decoded[None]).argmax(1)[0] == label[0])
-    if verify:
-        robust = verify_robust(model, decoded[None], label, threat)
-        report["verified"] = {"attack": VERIFY_ATTACK, "robust": bool(robust[0])}
-    return ProtectResult(png=png, pixels=decoded.cpu(), report=report)
+    return protect_images(model, [image], threat, config, device, verify, progress)[0]
