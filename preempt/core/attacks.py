@@ -99,7 +99,7 @@ def pgd(
     argmax of ``model``); images never fooled keep the last restart's point.
     """
     if step_size is None:
-        step_size = epsilon / 4 if not torch.is_tensor(epsilon) else epsilon / 4
+        step_size = epsilon / 4
     predict = predict or (lambda z: model(z).argmax(dim=1))
     x = x.detach()
     best = x.clone()
