@@ -107,7 +107,8 @@ def cmd_robustify(args) -> int:
         raise UsageError("no input images (PNG, JPEG or WebP) given")
     out_dir = Path(args.output)
     out_dir.mkdir(parents=True, exist_ok=True)
-    names = [p.with_suffix(".png").name for p in inputs]
+    out_names = {p: p.with_suffix(".png").name for p in inputs}  # a/b/x.jpg -> OUT_DIR/x.png
+    names = [out_names[p] for p in inputs]
     dupes = {n for n in names if names.count(n) > 1}
     if dupes:
         raise UsageError(f"several inputs would write the same output file: {sorted(dupes)}")
@@ -131,7 +132,7 @@ def cmd_robustify(args) -> int:
                                  verify=not args.no_verify, progress=lambda i, n, loss: bar.update(1))
         seconds = (time.perf_counter() - t0) / len(paths)
         for path, result in zip(paths, results):
-            name = path.with_suffix(".png").name
+            name = out_names[path]
             (out_dir / name).write_bytes(result.png)
             report = {"input": str(path), "output": str(out_dir / name), "model": clf.name, **result.report,
                       "seconds": round(seconds, 3)}
