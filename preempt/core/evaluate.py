@@ -15,6 +15,7 @@ and the attack does not change that. Tables follow the paper's Tables 1-2 layout
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -59,15 +60,18 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, threat: T
     """Rows ``[{"model", "preempt": "none"}, {"model", "preempt": "ours"}]`` with a fraction per column.
 
     Also returns, in each row, ``"passes"`` (robustification cost per image) and for the
-    ``ours`` row ``"linf"``/``"l2"`` (largest budget used). Columns of attacks not run are absent.
+    ``ours`` row ``"linf"``/``"l2"`` (largest budget used) and ``"seconds_per_image"`` (wall time of
+    robustification alone). Columns of attacks not run are absent.
     """
     cfg = cfg or EvalConfig()
     counts = {p: {c: 0 for c in COLUMNS} for p in ("none", "ours")}
     budget = {"linf": 0.0, "l2": 0.0}
-    passes = 0
+    passes, robustify_seconds = 0, 0.0
     for i in range(0, len(x), cfg.batch_size):
         xo, yb = x[i:i + cfg.batch_size].to(device), y[i:i + cfg.batch_size].to(device)
+        start = time.perf_counter()
         res = robustify(model, xo, threat, cfg.robustify)
+        robustify_seconds += time.perf_counter() - start
         xr, passes = res.x_rob, res.passes
         budget["linf"] = max(budget["linf"], float(res.linf.max()))
         budget["l2"] = max(budget["l2"], float(res.l2.max()))
@@ -96,6 +100,7 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, threat: T
         row["passes"] = 0 if preempt == "none" else passes
         if preempt == "ours":
             row.update(budget)
+            row["seconds_per_image"] = robustify_seconds / n
         rows.append(row)
     return rows
 
