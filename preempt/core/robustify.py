@@ -13,8 +13,8 @@ Outer optimisers:
   with the per-norm step of :class:`threat.Geometry` (sign for linf, normalised for l2). This is
   the update written in Algorithm 1.
 * ``"rmsprop"`` (linf only): the official code's reparameterisation
-  ``x_rob = clip(x_orig + delta * tanh(w), 0, 1)`` with RMSprop on ``w`` (lr 0.1); the budget holds
-  by construction.
+  ``x_rob = lo + (tanh(w) + 1) / 2 * (hi - lo)`` onto the box ``[lo, hi] = B_delta(x_orig) ∩ [0, 1]``
+  with RMSprop on ``w`` (lr 0.1); the budget holds by construction.
 
 For smoothed classifiers (Section 3.6) pass ``sigma`` and ``noise_samples``: the inner attack
 becomes randomized PGD on the smoothed soft classifier (Eq. 3).
@@ -131,13 +131,17 @@ def robustify(
         x_init = x_orig.clone()
 
     if cfg.optimizer == "rmsprop":
-        # x_rob = clip(x_orig + delta * tanh(w)); start w where x_init lies (atanh kept finite).
-        ratio = ((x_init - x_orig) / max(delta, 1e-12)).clamp(-1 + 1e-6, 1 - 1e-6)
+        # The official reparameterisation: x_rob = lo + (tanh(w) + 1) / 2 * (hi - lo) maps R^d onto
+        # the feasible box [lo, hi] = B_delta(x_orig) ∩ [0, 1], so no coordinate is ever clipped
+        # (a clip would zero its gradient for good, e.g. on black background pixels).
+        lo, hi = (x_orig - delta).clamp_min(0.0), (x_orig + delta).clamp_max(1.0)
+        width = (hi - lo).clamp_min(1e-12)
+        ratio = ((x_init - lo) / width * 2 - 1).clamp(-0.9995, 0.9995)
         w = torch.atanh(ratio).requires_grad_(True)
         opt = torch.optim.RMSprop([w], lr=cfg.lr)
 
         def current() -> torch.Tensor:
-            return (x_orig + delta * torch.tanh(w)).clamp(0.0, 1.0)
+            return lo + (torch.tanh(w) + 1) / 2 * (hi - lo)
     else:
         x_rob = x_init.clone()
 
