@@ -15,16 +15,10 @@ from typing import Optional
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
+from .imagefile import FORMATS, MAX_PIXELS, ImageError, open_image  # noqa: F401 - re-exported
 from .threat import flat_norm
-
-FORMATS = ("PNG", "JPEG", "WEBP")
-MAX_PIXELS = 40_000_000
-
-
-class ImageError(ValueError):
-    """An input that is not a usable image; the message says what is wrong."""
 
 
 @dataclass
@@ -42,21 +36,7 @@ class DecodedImage:
 
 def decode(data: bytes, max_pixels: int = MAX_PIXELS) -> DecodedImage:
     """Decode PNG/JPEG/WebP bytes; raise :class:`ImageError` for anything else or anything broken."""
-    Image.MAX_IMAGE_PIXELS = None  # we enforce our own limit below, before decoding pixels
-    try:
-        img = Image.open(io.BytesIO(data))
-    except UnidentifiedImageError:
-        raise ImageError("not an image this service reads (PNG, JPEG or WebP expected)") from None
-    if img.format not in FORMATS:
-        raise ImageError(f"unsupported image format {img.format}; use PNG, JPEG or WebP")
-    w, h = img.size
-    if w * h > max_pixels:
-        raise ImageError(f"image has {w}x{h} = {w * h} pixels; the limit is {max_pixels}")
-    try:
-        img.load()
-        img = ImageOps.exif_transpose(img)
-    except (OSError, SyntaxError, ValueError) as e:
-        raise ImageError(f"image data is truncated or corrupt ({e})") from None
+    img = open_image(data, max_pixels)
     fmt = img.format or "PNG"
     alpha = None
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
