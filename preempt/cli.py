@@ -13,11 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-PRESETS = {  # outer iterations, inner steps, random starts
-    "low": {"iterations": 30, "steps": 10, "samples": 1},
-    "medium": {"iterations": 100, "steps": 20, "samples": 1},
-    "high": {"iterations": 200, "steps": 20, "samples": 2},
-}
+from preempt.core.registry import DEFAULT_MODEL, PRESETS
 
 
 class UsageError(Exception):
@@ -262,8 +258,6 @@ def _add_threat(p, epsilon=0.1):
 
 
 def _add_model(p):
-    from preempt.core.models import DEFAULT_MODEL
-
     p.add_argument("--model", default=DEFAULT_MODEL,
                    help="registered model name or path to a TorchScript/.pt2/state_dict file (default %(default)s)")
     p.add_argument("--arch", default=None, help="architecture of a state_dict file (small-cnn, preact-resnet18, ...)")
@@ -341,14 +335,49 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive_int, default=1000)
     p.add_argument("--json", default=None)
     p.set_defaults(func=cmd_certify)
+
+    _add_service(sub)
     return parser
+
+
+def cmd_serve(args) -> int:
+    from preempt.serve import serve
+
+    serve(host=args.host, port=args.port, workers=args.workers, device=args.device, data_dir=args.data_dir,
+          log_level=args.log_level)
+    return 0
+
+
+def cmd_worker(args) -> int:
+    from preempt.worker.app import run_worker
+
+    run_worker(device=args.device, name=args.name, loglevel=args.log_level.upper())
+    return 0
+
+
+def _add_service(sub) -> None:
+    p = sub.add_parser("serve", help="the HTTP service: API, workers and (without PREEMPT_REDIS_URL) an embedded Redis")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=_positive_int, default=8000)
+    p.add_argument("--workers", type=_positive_int, default=None,
+                   help="worker processes (default: one per GPU, or one on the CPU)")
+    p.add_argument("--device", default=None, help="device of every worker (default: one GPU each, else cpu)")
+    p.add_argument("--data-dir", default=None, help="embedded Redis data (default ~/.local/share/preempt)")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("worker", help="one queue worker on one device (reads PREEMPT_REDIS_URL)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda:N (sets CUDA_VISIBLE_DEVICES=N)")
+    p.add_argument("--name", default=None, help="worker name (default worker-HOST-PID)")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.set_defaults(func=cmd_worker)
 
 
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        if hasattr(args, "device"):
+        if hasattr(args, "device") and args.command not in ("serve", "worker"):
             _device(args.device)
         return args.func(args)
     except UsageError as e:

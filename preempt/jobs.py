@@ -1,0 +1,341 @@
+"""The job store the API and the workers share: Redis, no torch.
+
+Keys (all under ``preempt:``):
+
+``job:{id}``      hash: kind, status, params (JSON), progress, timings, error, report (JSON), attempts
+``upload:{id}``   the original upload; deleted the moment its job ends, whatever the ending
+``result:{id}``   the protected PNG; expires ``result_ttl`` seconds after the job ends (as does the job)
+``lease:{id}``    held by the worker running the job, renewed by a heartbeat thread; when it lapses
+                  while the job is ``running``, the worker died and the job is queued again
+``active``        set of jobs not yet ended (what the janitor scans)
+``worker:{name}`` a live worker's heartbeat (expires when the worker stops beating)
+``stat:{name}``   counters behind ``/metrics``
+
+Status moves ``queued -> running -> succeeded | failed``, and to ``cancelled`` from either of the
+first two. Every move is a compare-and-set (a Lua script), so a cancel racing a finish has one
+winner and an ended job never comes back to life.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Iterable, Optional
+from urllib.parse import urlparse
+
+import redis
+
+PREFIX = "preempt:"
+ENDED = ("succeeded", "failed", "cancelled")
+STATUSES = ("queued", "running") + ENDED
+
+_CAS = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return 0 end
+for i = 1, tonumber(ARGV[1]) do
+  if ARGV[1 + i] == status then
+    for j = 2 + tonumber(ARGV[1]), #ARGV, 2 do
+      redis.call('HSET', KEYS[1], ARGV[j], ARGV[j + 1])
+    end
+    return 1
+  end
+end
+return 0
+"""
+
+
+def _env(name: str, default, cast):
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return cast(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be {'an integer' if cast is int else 'a number'}, got {raw!r}") from None
+
+
+def _env_int(name: str, default: int) -> int:
+    return _env(name, default, int)
+
+
+def _env_float(name: str, default: float) -> float:
+    return _env(name, default, float)
+
+
+@dataclass
+class Settings:
+    """Service settings, read from ``PREEMPT_*`` environment variables (see README)."""
+
+    redis_url: Optional[str] = None  # PREEMPT_REDIS_URL: redis://, rediss:// or unix:// (a socket path)
+    queue: str = "preempt"  # PREEMPT_QUEUE
+    result_ttl: int = 24 * 3600  # PREEMPT_RESULT_TTL: seconds a result (and its job) is kept after the end
+    max_upload_bytes: int = 25 * 1024 * 1024  # PREEMPT_MAX_UPLOAD_BYTES
+    max_pixels: int = 40_000_000  # PREEMPT_MAX_PIXELS
+    max_iterations: int = 2000  # PREEMPT_MAX_ITERATIONS: the largest `iterations` a request may ask for
+    lease_seconds: float = 30.0  # PREEMPT_LEASE_SECONDS: a worker silent this long is presumed dead
+    max_attempts: int = 3  # PREEMPT_MAX_ATTEMPTS: runs of one job before it fails as "worker lost"
+    visibility_timeout: int = 6 * 3600  # PREEMPT_VISIBILITY_TIMEOUT: longer than the longest job
+    batch_wait: float = 0.5  # PREEMPT_BATCH_WAIT: seconds a worker waits for compatible jobs to batch
+    max_batch: int = 32  # PREEMPT_MAX_BATCH: most jobs robustified together
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls) -> "Settings":
+        return cls(
+            redis_url=os.environ.get("PREEMPT_REDIS_URL") or None,
+            queue=os.environ.get("PREEMPT_QUEUE", "preempt"),
+            result_ttl=_env_int("PREEMPT_RESULT_TTL", 24 * 3600),
+            max_upload_bytes=_env_int("PREEMPT_MAX_UPLOAD_BYTES", 25 * 1024 * 1024),
+            max_pixels=_env_int("PREEMPT_MAX_PIXELS", 40_000_000),
+            max_iterations=_env_int("PREEMPT_MAX_ITERATIONS", 2000),
+            lease_seconds=_env_float("PREEMPT_LEASE_SECONDS", 30.0),
+            max_attempts=_env_int("PREEMPT_MAX_ATTEMPTS", 3),
+            visibility_timeout=_env_int("PREEMPT_VISIBILITY_TIMEOUT", 6 * 3600),
+            batch_wait=_env_float("PREEMPT_BATCH_WAIT", 0.5),
+            max_batch=_env_int("PREEMPT_MAX_BATCH", 32),
+        )
+
+    def require_url(self) -> str:
+        if not self.redis_url:
+            raise RuntimeError("PREEMPT_REDIS_URL is not set (`preempt serve` sets it for its embedded Redis)")
+        return self.redis_url
+
+
+def celery_broker_url(url: str) -> str:
+    """Celery spells a Unix socket ``redis+socket:///path``; redis-py spells it ``unix:///path``."""
+    parsed = urlparse(url)
+    if parsed.scheme == "unix":
+        return "redis+socket://" + parsed.path + (f"?{parsed.query}" if parsed.query else "")
+    return url
+
+
+def redis_client(url: str) -> redis.Redis:
+    return redis.Redis.from_url(url, socket_timeout=30, socket_connect_timeout=10, health_check_interval=30)
+
+
+def new_job_id() -> str:
+    return uuid.uuid4().hex
+
+
+class JobStore:
+    """Typed access to the keys above; one instance per process (redis-py pools connections)."""
+
+    def __init__(self, client: redis.Redis, result_ttl: int = 24 * 3600):
+        self.r = client
+        self.result_ttl = result_ttl
+        self._cas = self.r.register_script(_CAS)
+
+    # keys
+    @staticmethod
+    def key(kind: str, job_id: str) -> str:
+        """``preempt:{kind}:{id}`` for kind job, upload, result, lease or batch."""
+        return f"{PREFIX}{kind}:{job_id}"
+
+    ACTIVE = PREFIX + "active"
+
+    # creation and reading
+    def create(self, job_id: str, kind: str, params: dict, upload: Optional[bytes] = None,
+               extra_uploads: Optional[dict] = None, batch: str = "") -> None:
+        """A queued job; ``batch`` names the jobs it may be robustified together with (same settings and shape)."""
+        now = time.time()
+        pipe = self.r.pipeline(transaction=True)
+        pipe.hset(self.key("job", job_id), mapping={
+            "job_id": job_id, "kind": kind, "status": "queued", "params": json.dumps(params),
+            "created": repr(now), "attempts": 0, "iteration": 0, "total": 0, "batch": batch,
+        })
+        if batch:
+            pipe.rpush(self.key("batch", batch), job_id)
+        if upload is not None:
+            pipe.set(self.key("upload", job_id), upload)
+        for name, data in (extra_uploads or {}).items():
+            pipe.set(self.key("upload", job_id) + f":{name}", data)
+        pipe.sadd(self.ACTIVE, job_id)
+        pipe.execute()
+
+    def get(self, job_id: str) -> Optional[dict]:
+        raw = self.r.hgetall(self.key("job", job_id))
+        if not raw:
+            return None
+        job = {k.decode(): v.decode() for k, v in raw.items()}
+        for k in ("params", "report"):
+            if k in job:
+                job[k] = json.loads(job[k])
+        for k in ("created", "started", "finished", "loss", "heartbeat"):
+            if k in job:
+                job[k] = float(job[k])
+        for k in ("attempts", "iteration", "total"):
+            job[k] = int(job.get(k, 0))
+        return job
+
+    def status(self, job_id: str) -> Optional[str]:
+        s = self.r.hget(self.key("job", job_id), "status")
+        return s.decode() if s is not None else None
+
+    def upload(self, job_id: str, name: Optional[str] = None) -> Optional[bytes]:
+        return self.r.get(self.key("upload", job_id) + (f":{name}" if name else ""))
+
+    def result(self, job_id: str) -> Optional[bytes]:
+        return self.r.get(self.key("result", job_id))
+
+    def active_ids(self) -> list:
+        return [m.decode() for m in self.r.smembers(self.ACTIVE)]
+
+    # transitions
+    def transition(self, job_id: str, from_statuses: Iterable[str], **fields) -> bool:
+        """Set ``fields`` if the job's status is one of ``from_statuses``; ``True`` if it was."""
+        froms = list(from_statuses)
+        args = [len(froms), *froms]
+        for k, v in fields.items():
+            args += [k, v if isinstance(v, (str, bytes)) else (json.dumps(v) if isinstance(v, dict) else repr(v))]
+        return bool(self._cas(keys=[self.key("job", job_id)], args=args))
+
+    def progress(self, job_id: str, iteration: int, total: int, loss: float) -> None:
+        self.r.hset(self.key("job", job_id), mapping={"iteration": iteration, "total": total, "loss": repr(float(loss))})
+
+    def end(self, job_id: str, status: str, from_statuses: Iterable[str] = ("queued", "running"),
+            result: Optional[bytes] = None, **fields) -> bool:
+        """Move to an ended ``status``; delete the upload, store the result, start the expiry clocks."""
+        assert status in ENDED
+        if not self.transition(job_id, from_statuses, status=status, finished=time.time(), **fields):
+            return False
+        pipe = self.r.pipeline(transaction=True)
+        if result is not None:
+            pipe.set(self.key("result", job_id), result, ex=self.result_ttl)
+        self._forget_upload(pipe, job_id)
+        pipe.delete(self.key("lease", job_id))
+        pipe.srem(self.ACTIVE, job_id)
+        batch = self.r.hget(self.key("job", job_id), "batch")
+        if batch:
+            pipe.lrem(self.key("batch", batch.decode()), 0, job_id)
+        pipe.expire(self.key("job", job_id), self.result_ttl)
+        pipe.hincrby(PREFIX + "stats", f"jobs_{status}", 1)
+        pipe.execute()
+        return True
+
+    def _forget_upload(self, pipe, job_id: str) -> None:
+        pipe.delete(self.key("upload", job_id))
+        for key in self.r.scan_iter(match=self.key("upload", job_id) + ":*"):
+            pipe.delete(key)
+
+    def delete(self, job_id: str) -> None:
+        pipe = self.r.pipeline(transaction=True)
+        self._forget_upload(pipe, job_id)
+        pipe.delete(self.key("job", job_id), self.key("result", job_id), self.key("lease", job_id))
+        pipe.srem(self.ACTIVE, job_id)
+        pipe.execute()
+
+    # claiming: who runs a job
+    def claim(self, job_id: str, owner: str, lease_seconds: float) -> bool:
+        """Take a queued job: hold its lease and mark it running. ``False`` if it is not ours to run."""
+        batch = self.r.hget(self.key("job", job_id), "batch")
+        if batch:
+            self.r.lrem(self.key("batch", batch.decode()), 0, job_id)
+        if not self.acquire_lease(job_id, owner, lease_seconds):
+            return False
+        if not self.transition(job_id, ["queued"], status="running", started=time.time(), worker=owner,
+                               heartbeat=time.time()):
+            self.release_lease(job_id, owner)
+            return False
+        self.r.hincrby(self.key("job", job_id), "attempts", 1)
+        return True
+
+    def queued_in_batch(self, batch: str, limit: int) -> list:
+        return [m.decode() for m in self.r.lrange(self.key("batch", batch), 0, max(limit - 1, 0))]
+
+    def requeue(self, job_id: str) -> bool:
+        """A running job whose worker is gone goes back to ``queued`` (the caller sends its message)."""
+        if not self.transition(job_id, ["running"], status="queued", iteration=0):
+            return False
+        batch = self.r.hget(self.key("job", job_id), "batch")
+        if batch:
+            self.r.rpush(self.key("batch", batch.decode()), job_id)
+        self.r.hincrby(PREFIX + "stats", "jobs_requeued", 1)
+        return True
+
+    # leases
+    def acquire_lease(self, job_id: str, owner: str, seconds: float) -> bool:
+        return bool(self.r.set(self.key("lease", job_id), owner, nx=True, px=int(seconds * 1000)))
+
+    def renew_lease(self, job_id: str, owner: str, seconds: float) -> bool:
+        """Extend our lease; ``False`` if it is no longer ours (it lapsed and someone took the job)."""
+        key = self.key("lease", job_id)
+        held = self.r.get(key)
+        if held is None or held.decode() != owner:
+            return False
+        self.r.pexpire(key, int(seconds * 1000))
+        self.r.hset(self.key("job", job_id), "heartbeat", repr(time.time()))
+        return True
+
+    def lease_held(self, job_id: str) -> bool:
+        return bool(self.r.exists(self.key("lease", job_id)))
+
+    def release_lease(self, job_id: str, owner: str) -> None:
+        key = self.key("lease", job_id)
+        held = self.r.get(key)
+        if held is not None and held.decode() == owner:
+            self.r.delete(key)
+
+    # workers and metrics
+    def beat(self, worker: str, info: dict, ttl: float) -> None:
+        self.r.set(f"{PREFIX}worker:{worker}", json.dumps(info), px=int(ttl * 1000))
+
+    def workers(self) -> dict:
+        out = {}
+        for key in self.r.scan_iter(match=f"{PREFIX}worker:*"):
+            raw = self.r.get(key)
+            if raw is not None:
+                out[key.decode()[len(PREFIX) + 7:]] = json.loads(raw)
+        return out
+
+    def count(self, name: str, amount: float = 1) -> None:
+        self.r.hincrbyfloat(PREFIX + "stats", name, amount)
+
+    def stats(self) -> dict:
+        return {k.decode(): float(v) for k, v in self.r.hgetall(PREFIX + "stats").items()}
+
+    def status_counts(self) -> dict:
+        counts = {s: 0 for s in ("queued", "running")}
+        ids = self.active_ids()
+        if ids:
+            pipe = self.r.pipeline(transaction=False)
+            for i in ids:
+                pipe.hget(self.key("job", i), "status")
+            for s in pipe.execute():
+                if s is not None and s.decode() in counts:
+                    counts[s.decode()] += 1
+        return counts
+
+
+TASK_NAME = "preempt.run_job"
+
+
+def make_celery(settings: Settings):
+    """The Celery app both sides use: Redis broker, late acks, prefetch 1, no result backend.
+
+    Jobs live in the :class:`JobStore`, so Celery carries only job ids. The visibility timeout is
+    the broker's last-resort redelivery of an unacknowledged message; the job leases (see the
+    module docstring) bring a dead worker's job back within seconds.
+    """
+    from celery import Celery
+
+    app = Celery("preempt", broker=celery_broker_url(settings.require_url()))
+    app.conf.update(
+        task_default_queue=settings.queue,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_ignore_result=True,
+        worker_prefetch_multiplier=1,
+        worker_hijack_root_logger=False,
+        broker_connection_retry_on_startup=True,
+        broker_transport_options={"visibility_timeout": settings.visibility_timeout},
+        task_serializer="json",
+        accept_content=["json"],
+    )
+    return app
+
+
+def enqueue(celery_app, job_id: str, queue: str) -> None:
+    celery_app.send_task(TASK_NAME, args=[job_id], queue=queue)

@@ -1,0 +1,190 @@
+"""What a worker does with a claimed job: the torch side of the service.
+
+Three kinds of job, each reading its upload from the :class:`preempt.jobs.JobStore` and writing a
+report (and for two of them a PNG) back:
+
+* ``robustify``: decode -> robustify at native resolution through the model's preprocessing ->
+  8-bit PNG inside the budget -> decode -> verification attack on the decoded file
+  (:func:`preempt.core.protect.protect_images`). Jobs of one batch key (same settings, same image
+  shape) run as one batch and end independently.
+* ``attack``: the grey-box attack (PGD-20 or AutoAttack) of the submitted image, and with an
+  ``original`` upload the adaptive white-box attack (Algorithms 3-4, validity judged against it).
+  The result PNG is the grey-box adversarial example rounded to 8 bits inside eps.
+* ``certify``: randomized-smoothing PREDICT and CERTIFY (Cohen et al.) of the submitted image.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Callable, Dict, List
+
+import torch
+
+from preempt.core.evaluate import attack_fn
+from preempt.core.images import ImageError, decode, encode_png, quantize_within_budget
+from preempt.core.models import LoadedClassifier, load_classifier
+from preempt.core.protect import protect_images
+from preempt.core.reconstruct import whitebox_attack
+from preempt.core.robustify import RobustifyConfig
+from preempt.core.smoothing import ABSTAIN, Smooth
+from preempt.core.threat import ThreatModel
+from preempt.jobs import JobStore
+
+log = logging.getLogger("preempt.worker")
+
+
+class Cancelled(Exception):
+    """Every job of the batch was cancelled while it ran."""
+
+
+class ModelCache:
+    """Models loaded once per worker process, on its device."""
+
+    def __init__(self, device: str):
+        self.device = device
+        self._models: Dict[str, LoadedClassifier] = {}
+        self._lock = threading.Lock()
+
+    def get(self, name: str) -> LoadedClassifier:
+        with self._lock:
+            if name not in self._models:
+                self._models[name] = load_classifier(name, device=self.device)
+            return self._models[name]
+
+
+def _class_name(clf: LoadedClassifier, label: int):
+    names = clf.spec.class_names
+    return names[label] if names and 0 <= label < len(names) else None
+
+
+class ProgressWriter:
+    """Writes (iteration, total, loss) of a batch to its jobs at most every ``interval`` seconds,
+    and notices cancellations (raising :class:`Cancelled` once every job is cancelled)."""
+
+    def __init__(self, store: JobStore, job_ids: List[str], interval: float = 0.5):
+        self.store, self.job_ids, self.interval = store, job_ids, interval
+        self._last = 0.0
+
+    def __call__(self, iteration: int, total: int, loss: float) -> None:
+        now = time.monotonic()
+        if iteration < total and now - self._last < self.interval:
+            return
+        self._last = now
+        live = [j for j in self.job_ids if self.store.status(j) == "running"]
+        if not live:
+            raise Cancelled()
+        for j in live:
+            self.store.progress(j, iteration, total, loss)
+
+
+def run_robustify(store: JobStore, models: ModelCache, jobs: List[dict], max_pixels: int) -> None:
+    """Robustify claimed jobs of one batch key; each job ends on its own (succeeded or failed)."""
+    p = jobs[0]["params"]
+    clf = models.get(p["model"])
+    threat = ThreatModel(p["norm"], p["epsilon"], p["delta"])
+    cfg = RobustifyConfig(iterations=p["iterations"], steps=p["steps"], samples=p["samples"])
+    groups: Dict[tuple, list] = {}
+    for job in jobs:
+        try:
+            img = decode(store.upload(job["job_id"]) or b"", max_pixels)
+        except ImageError as e:
+            store.end(job["job_id"], "failed", ["running"], error=f"bad image: {e}")
+            continue
+        groups.setdefault(tuple(img.pixels.shape), []).append((job, img))
+    for group in groups.values():
+        ids = [job["job_id"] for job, _ in group]
+        started = time.perf_counter()
+        try:
+            results = protect_images(clf.model, [img for _, img in group], threat, cfg, device=models.device,
+                                     verify=p.get("verify", True), progress=ProgressWriter(store, ids))
+        except Cancelled:
+            log.info("batch %s cancelled", ids)
+            continue
+        seconds = time.perf_counter() - started
+        store.count("robustify_seconds_total", seconds)
+        store.count("robustify_images_total", len(group))
+        for (job, _), res in zip(group, results):
+            report = {"model": p["model"], **res.report, "label_name": _class_name(clf, res.report["label"]),
+                      "batch_size": len(group), "seconds": round(seconds, 3)}
+            store.progress(job["job_id"], cfg.iterations, cfg.iterations, res.report["robust_loss"])
+            store.end(job["job_id"], "succeeded", ["running"], result=res.png, report=report)
+
+
+def run_attack(store: JobStore, models: ModelCache, job: dict, max_pixels: int) -> None:
+    """Grey-box (and with an original, white-box) attack of one submitted image."""
+    p = job["params"]
+    clf = models.get(p["model"])
+    model, dev = clf.model, models.device
+    threat = ThreatModel(p["norm"], p["epsilon"])
+    try:
+        img = decode(store.upload(job["job_id"]) or b"", max_pixels)
+        orig_bytes = store.upload(job["job_id"], "original")
+        orig = decode(orig_bytes, max_pixels) if orig_bytes else None
+    except ImageError as e:
+        store.end(job["job_id"], "failed", ["running"], error=f"bad image: {e}")
+        return
+    x = img.pixels[None].to(dev)
+    with torch.no_grad():
+        pred = int(model(x).argmax(1))
+    label = int(p["label"]) if p.get("label") is not None else pred
+    y = torch.tensor([label], device=dev)
+    attack = attack_fn(p["attack"], model, threat, clf.num_classes or 10)
+    total = 2 if orig is not None else 1
+    store.progress(job["job_id"], 0, total, 0.0)
+    x_adv = attack(x, y, threat.epsilon)
+    x_q = quantize_within_budget(x_adv, x, threat.norm, threat.epsilon)
+    png = encode_png(x_q[0], img.alpha)
+    x_file = decode(png).pixels[None].to(dev)
+    with torch.no_grad():
+        adv_label = int(model(x_file).argmax(1))
+    report = {
+        "model": p["model"], "norm": threat.norm, "epsilon": threat.epsilon, "attack": p["attack"],
+        "prediction": pred, "label": label, "label_name": _class_name(clf, label),
+        "greybox": {"robust": bool(pred == label and adv_label == label), "adversarial_label": adv_label},
+    }
+    store.progress(job["job_id"], 1, total, 0.0)
+    if orig is not None:
+        if orig.pixels.shape != img.pixels.shape:
+            store.end(job["job_id"], "failed", ["running"],
+                      error=f"original has shape {list(orig.pixels.shape)}, image has {list(img.pixels.shape)}")
+            return
+        wb = whitebox_attack(model, x, orig.pixels[None].to(dev), y, threat, attack=attack,
+                             iterations=p.get("iterations", 100), steps=p.get("steps", 20))
+        report["whitebox"] = {
+            "robust": bool(wb["robust_worst"][0]),
+            "robust_at": {f"{e:g}": bool(v[0]) for e, v in wb["robust"].items()},
+            "reconstruction_distance": float(wb["dist_hat"][0]),
+        }
+        store.progress(job["job_id"], 2, total, 0.0)
+    store.end(job["job_id"], "succeeded", ["running"], result=png, report=report)
+
+
+def run_certify(store: JobStore, models: ModelCache, job: dict, max_pixels: int) -> None:
+    """Smoothed PREDICT and CERTIFY of one submitted image."""
+    p = job["params"]
+    clf = models.get(p["model"])
+    try:
+        img = decode(store.upload(job["job_id"]) or b"", max_pixels)
+    except ImageError as e:
+        store.end(job["job_id"], "failed", ["running"], error=f"bad image: {e}")
+        return
+    x = img.pixels.to(models.device)
+    smooth = Smooth(clf.model, clf.num_classes or 10, p["sigma"])
+    store.progress(job["job_id"], 0, 2, 0.0)
+    prediction = smooth.predict(x, p["n"], p["alpha"])
+    store.progress(job["job_id"], 1, 2, 0.0)
+    c_a, radius = smooth.certify(x, p["n0"], p["n"], p["alpha"])
+    report = {
+        "model": p["model"], "sigma": p["sigma"], "n0": p["n0"], "n": p["n"], "alpha": p["alpha"],
+        "prediction": None if prediction == ABSTAIN else prediction,
+        "certified_label": None if c_a == ABSTAIN else c_a,
+        "certified_label_name": None if c_a == ABSTAIN else _class_name(clf, c_a),
+        "radius": radius, "abstained": c_a == ABSTAIN,
+    }
+    store.progress(job["job_id"], 2, 2, 0.0)
+    store.end(job["job_id"], "succeeded", ["running"], report=report)
+
+
+RUNNERS: Dict[str, Callable] = {"attack": run_attack, "certify": run_certify}
