@@ -30,14 +30,18 @@ def _positive_float(s: str) -> float:
     return v
 
 
-def _positive_int(s: str) -> int:
+def _int_at_least(s: str, low: int) -> int:
     try:
         v = int(s)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{s!r} is not an integer") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"{s!r} must be at least 1")
+    if v < low:
+        raise argparse.ArgumentTypeError(f"{s!r} must be at least {low}")
     return v
+
+
+def _positive_int(s: str) -> int:
+    return _int_at_least(s, 1)
 
 
 def _bar(total: int, desc: str, unit: str = "it"):
@@ -89,7 +93,7 @@ def cmd_robustify(args) -> int:
     for k in ("iterations", "steps", "samples"):
         if getattr(args, k) is not None:
             settings[k] = getattr(args, k)
-    cfg = RobustifyConfig(**settings)
+    cfg = RobustifyConfig(**settings, stop_patience=args.stop_patience, plateau_window=args.plateau_window)
     inputs = []
     for p in args.inputs:
         p = Path(p)
@@ -206,7 +210,9 @@ def cmd_evaluate(args) -> int:
     x, y = fashion_mnist("test", limit=args.n)
     attacks = tuple(a.strip() for a in args.attacks.split(",") if a.strip())
     cfg = EvalConfig(attacks=attacks, whitebox=args.whitebox, batch_size=args.batch_size,
-                     robustify=RobustifyConfig(iterations=args.iterations, steps=args.steps, samples=args.samples))
+                     robustify=RobustifyConfig(iterations=args.iterations, steps=args.steps, samples=args.samples,
+                                               stop_patience=args.stop_patience,
+                                               plateau_window=args.plateau_window))
     bar = _bar(len(x), "evaluate", "img")
     rows = evaluate(clf.model, x, y, threat, cfg, model_name=clf.name, device=args.device,
                     progress=lambda k: bar.update(k))
@@ -257,6 +263,19 @@ def _add_threat(p, epsilon=0.1):
     p.add_argument("--delta", type=_positive_float, default=None, help="defender budget (default: epsilon)")
 
 
+def _non_negative_int(s: str) -> int:
+    return _int_at_least(s, 0)
+
+
+def _add_stop(p) -> None:
+    p.add_argument("--stop-patience", type=_non_negative_int, default=3,
+                   help="stop an image after this many outer iterations with attack loss below ln 2, "
+                        "confirmed by a fresh attack (0: off)")
+    p.add_argument("--plateau-window", type=_non_negative_int, default=20,
+                   help="stop an image whose mean attack loss over this many iterations fell less than 2%% "
+                        "below the window before (0: off; with --stop-patience 0, the paper's loop)")
+
+
 def _add_model(p):
     p.add_argument("--model", default=DEFAULT_MODEL,
                    help="registered model name or path to a TorchScript/.pt2/state_dict file (default %(default)s)")
@@ -287,6 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=_positive_int, default=None, help="random starts N")
     p.add_argument("--report", default=None, help="report file (default OUTPUT/report.json)")
     p.add_argument("--no-verify", action="store_true", help="skip the verification attack on the written PNG")
+    _add_stop(p)
     p.add_argument("--batch-size", type=_positive_int, default=64, help="images of one size robustified together")
     p.set_defaults(func=cmd_robustify)
 
@@ -319,6 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iterations", type=_positive_int, default=100)
     p.add_argument("--steps", type=_positive_int, default=20)
     p.add_argument("--samples", type=_positive_int, default=1)
+    _add_stop(p)
     p.add_argument("--batch-size", type=_positive_int, default=200)
     p.add_argument("--json", default=None)
     p.add_argument("--markdown", default=None)

@@ -64,7 +64,8 @@ def protect_images(model: torch.nn.Module, images: List[DecodedImage], threat: T
             "label": int(label[i]),
             "label_kept": bool(kept[i]),
             "robust_loss": float(result.robust_loss[i]),
-            "passes": result.passes,
+            "passes": int(result.passes_per_image[i]),
+            "iterations_run": int(result.stopped_at[i]),
         }
         if robust is not None:
             report["verified"] = {"attack": VERIFY_ATTACK, "robust": bool(robust[i])}

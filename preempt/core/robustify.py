@@ -16,12 +16,22 @@ Outer optimisers:
   ``x_rob = lo + (tanh(w) + 1) / 2 * (hi - lo)`` onto the box ``[lo, hi] = B_delta(x_orig) ∩ [0, 1]``
   with RMSprop on ``w`` (lr 0.1); the budget holds by construction.
 
+Early stopping (on by default; ``stop_patience=0, plateau_window=0`` is the paper's loop): an image
+whose inner-attack loss stays below ``stop_loss`` (ln 2 by default: by the paper's Lemma 1 the
+attack's end point is then still classified ``y``) for ``stop_patience`` consecutive outer
+iterations is attacked once more from a fresh random start; if that loss is below ``stop_loss``
+too, the image stops where it is and costs no more passes. The rest of the batch runs on.
+With ``plateau_window = W > 0`` (20 by default) an image also stops when its mean loss over the last W
+iterations is not ``plateau_tol`` below the mean of the W iterations before: more iterations
+would not move it (converged, or out of reach within delta).
+
 For smoothed classifiers (Section 3.6) pass ``sigma`` and ``noise_samples``: the inner attack
 becomes randomized PGD on the smoothed soft classifier (Eq. 3).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -47,6 +57,11 @@ class RobustifyConfig:
     second_order: bool = False  # exact update gradient (Section 3.4); meaningful for l2
     sigma: Optional[float] = None  # smoothing noise level (Section 3.6); None: plain classifier
     noise_samples: int = 8  # M, Gaussian draws per randomized-PGD step
+    # Early stopping per image (see the module docstring); patience 0 turns it off.
+    stop_patience: int = 3  # consecutive outer iterations with inner-attack loss below stop_loss
+    stop_loss: float = math.log(2)  # Lemma 1: CE below ln 2 means the attack's end point is still class y
+    plateau_window: int = 20  # W > 0: stop an image whose mean loss over the last W iterations is not
+    plateau_tol: float = 0.02  # at least this fraction below the mean of the W before (0 turns it off)
 
     def resolved(self, threat: ThreatModel) -> "RobustifyConfig":
         """A copy with every ``None`` replaced by its norm-dependent default, validated."""
@@ -62,12 +77,16 @@ class RobustifyConfig:
                 raise ValueError(f"{name} must be at least 1")
         if self.steps < 0:
             raise ValueError("steps must be non-negative")
+        if self.stop_patience < 0 or self.plateau_window < 0:
+            raise ValueError("stop_patience and plateau_window must be non-negative")
         lr = self.lr if self.lr is not None else (0.1 if opt == "rmsprop" else 2.5 * threat.delta / self.iterations)
         step = self.inner_step if self.inner_step is not None else threat.default_inner_step()
         return RobustifyConfig(
             iterations=self.iterations, steps=self.steps, samples=self.samples, inner_step=step,
             optimizer=opt, lr=lr, init=self.init, second_order=self.second_order,
             sigma=self.sigma, noise_samples=self.noise_samples,
+            stop_patience=self.stop_patience, stop_loss=self.stop_loss,
+            plateau_window=self.plateau_window, plateau_tol=self.plateau_tol,
         )
 
 
@@ -80,8 +99,10 @@ class RobustifyResult:
     robust_loss: torch.Tensor  # mean inner-attack loss at the last outer iteration
     linf: torch.Tensor  # ||x_rob - x_orig||_inf
     l2: torch.Tensor  # ||x_rob - x_orig||_2
-    passes: int  # forward-backward passes of the classifier per image
-    history: list = field(default_factory=list)  # mean robust loss per outer iteration
+    passes: float  # forward-backward passes of the classifier per image (mean over the batch)
+    history: list = field(default_factory=list)  # mean robust loss per outer iteration (images still running)
+    passes_per_image: Optional[torch.Tensor] = None  # [B]
+    stopped_at: Optional[torch.Tensor] = None  # [B] outer iteration at which each image stopped
 
 
 def predict_labels(model: torch.nn.Module, x: torch.Tensor, sigma: Optional[float] = None,
@@ -146,39 +167,91 @@ def robustify(
         x_rob = x_init.clone()
 
     history = []
-    last_loss = torch.zeros(x_orig.shape[0], device=x_orig.device)
+    b = x_orig.shape[0]
+    last_loss = torch.zeros(b, device=x_orig.device)
+    active = torch.ones(b, dtype=torch.bool, device=x_orig.device)
+    calm = torch.zeros(b, dtype=torch.long, device=x_orig.device)  # consecutive iterations below stop_loss
+    stopped_at = torch.full((b,), cfg.iterations, dtype=torch.long, device=x_orig.device)
+    per_pass = n * (cfg.noise_samples if cfg.sigma else 1)  # classifier passes per image per PGD step
+    passes = torch.zeros(b, dtype=torch.long, device=x_orig.device)
+    idx = torch.arange(b, device=x_orig.device)
+    trace = torch.zeros(b, cfg.iterations, device=x_orig.device)  # each image's loss per iteration
+
+    def inner_losses(x_centers_in: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        yy = y_rep.view(b, n)[rows].reshape(-1)
+        centers = x_centers_in.repeat_interleave(n, dim=0)
+        x_adv = pgd_dynamics(model, centers, yy, geometry, threat.epsilon, cfg.steps, cfg.inner_step,
+                             loss_fn=loss_fn, second_order=cfg.second_order)
+        return loss_fn(model, x_adv, yy).view(-1, n).mean(dim=1)
+
     for it in range(cfg.iterations):
+        rows = idx[active]
+        if rows.numel() == 0:
+            break
+        every = rows.numel() == b
         if cfg.optimizer == "rmsprop":
             x_var = current()
         else:
             x_var = x_rob.detach().requires_grad_(True)
         with torch.enable_grad():
-            x_centers = x_var.repeat_interleave(n, dim=0)
-            x_adv = pgd_dynamics(model, x_centers, y_rep, geometry, threat.epsilon, cfg.steps,
-                                 cfg.inner_step, loss_fn=loss_fn, second_order=cfg.second_order)
-            losses = loss_fn(model, x_adv, y_rep).view(-1, n).mean(dim=1)
+            losses = inner_losses(x_var if every else x_var[rows], rows)
             if cfg.optimizer == "rmsprop":
+                # Stopped images get no gradient; RMSprop without momentum then leaves them where they are.
                 opt.zero_grad(set_to_none=True)
                 losses.sum().backward()
                 opt.step()
             else:
                 (grad,) = torch.autograd.grad(losses.sum(), x_var)
                 with torch.no_grad():
-                    x_rob = geometry.project(geometry.step(x_rob, grad if maximize else -grad, cfg.lr), x_orig, delta)
-        last_loss = losses.detach()
-        history.append(float(last_loss.mean()))
+                    moved = geometry.project(geometry.step(x_rob[rows], (grad if maximize else -grad)[rows], cfg.lr),
+                                             x_orig[rows], delta)
+                    x_rob = x_rob.clone()
+                    x_rob[rows] = moved
+        passes[rows] += (cfg.steps + 1) * per_pass
+        losses = losses.detach()
+        last_loss[rows] = losses
+        trace[rows, it] = losses
+        history.append(float(losses.mean()))
+        w_ = cfg.plateau_window
+        if w_ and not maximize and it + 1 >= 2 * w_:
+            recent = trace[rows, it + 1 - w_:it + 1].mean(1)
+            before = trace[rows, it + 1 - 2 * w_:it + 1 - w_].mean(1)
+            flat = rows[recent > before * (1 - cfg.plateau_tol)]
+            active[flat] = False
+            stopped_at[flat] = it + 1
+            keep = active[rows]
+            rows, losses = rows[keep], losses[keep]
+        if cfg.stop_patience and not maximize and it + 1 < cfg.iterations:  # the last iteration ends anyway
+            calm[rows] = torch.where(losses < cfg.stop_loss, calm[rows] + 1, torch.zeros_like(calm[rows]))
+            ready = rows[calm[rows] >= cfg.stop_patience]
+            if ready.numel():
+                # Confirm with an attack from a fresh random start on the current point.
+                with torch.no_grad():
+                    x_now = (current() if cfg.optimizer == "rmsprop" else x_rob)[ready].detach()
+                with torch.enable_grad():
+                    confirm = inner_losses(x_now, ready).detach()
+                passes[ready] += (cfg.steps + 1) * per_pass
+                done = ready[confirm < cfg.stop_loss]
+                active[done] = False
+                stopped_at[done] = it + 1
+                calm[ready[confirm >= cfg.stop_loss]] = 0
         if progress is not None:
             progress(it + 1, cfg.iterations, history[-1])
 
+    if progress is not None and history and it + 1 < cfg.iterations:
+        progress(cfg.iterations, cfg.iterations, history[-1])  # every image stopped early
     with torch.no_grad():
         x_final = current().detach() if cfg.optimizer == "rmsprop" else x_rob.detach()
-        # robust_loss was measured before the last outer update (one more attack would cost T+1 passes).
+        # robust_loss was measured before each image's last outer update (one more attack would
+        # cost T+1 passes); for an image that stopped early, it is the loss it stopped with.
         return RobustifyResult(
             x_rob=x_final,
             label=y,
             robust_loss=last_loss,
             linf=flat_norm(x_final - x_orig, "linf"),
             l2=flat_norm(x_final - x_orig, "l2"),
-            passes=cfg.iterations * (cfg.steps + 1) * n * (cfg.noise_samples if cfg.sigma else 1),
+            passes=float(passes.float().mean()),
             history=history,
+            passes_per_image=passes,
+            stopped_at=stopped_at,
         )

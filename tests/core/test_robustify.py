@@ -104,3 +104,40 @@ def test_smoothed_robustification_keeps_budget(adv_model, fmnist_test):
                     RobustifyConfig(iterations=3, steps=2, sigma=0.25, noise_samples=4))
     assert (flat_norm(res.x_rob - x, "l2") <= 0.5 * (1 + 1e-5)).all()
     assert res.passes == 3 * 3 * 4
+
+
+def test_early_stopping_saves_passes_and_keeps_protection(adv_model, fmnist_test):
+    """Images the attack already fails on stop early; the rest run on; protection holds."""
+    x, y = fmnist_test[0][:64], fmnist_test[1][:64]
+    threat = ThreatModel("linf", 0.1)
+    cfg = dict(iterations=30, steps=10)
+    torch.manual_seed(0)
+    full = robustify(adv_model, x, threat, RobustifyConfig(**cfg, stop_patience=0))
+    torch.manual_seed(0)
+    early = robustify(adv_model, x, threat, RobustifyConfig(**cfg, stop_patience=3))
+    assert full.passes == 30 * 11 and (full.stopped_at == 30).all()
+    stopped = early.stopped_at < 30
+    assert stopped.float().mean() >= 0.3  # an adversarially trained model: many images are robust already
+    assert early.passes < 0.8 * full.passes
+    # a stopped image paid its iterations and at least one confirmation attack
+    assert (early.passes_per_image[stopped] >= (early.stopped_at[stopped] + 1) * 11).all()
+    assert (early.passes_per_image[~stopped] >= 30 * 11).all()
+    # the stopping rule held: the last loss of a stopped image is below ln 2
+    assert (early.robust_loss[stopped] < RobustifyConfig().stop_loss).all()
+    assert (flat_norm(early.x_rob - x, "linf") <= 0.1 + 1e-6).all()
+    assert torch.equal(early.label, full.label)
+    assert _robust_accuracy(adv_model, early.x_rob, y, threat) >= _robust_accuracy(adv_model, full.x_rob, y, threat) - 0.05
+
+
+def test_plateau_stopping_stops_images_that_no_longer_improve(adv_model, fmnist_test):
+    x, y = fmnist_test[0][:64], fmnist_test[1][:64]
+    threat = ThreatModel("linf", 0.1)
+    torch.manual_seed(0)
+    res = robustify(adv_model, x, threat, RobustifyConfig(iterations=40, steps=5, stop_patience=0,
+                                                          plateau_window=5, plateau_tol=0.5))
+    stopped = res.stopped_at < 40
+    assert stopped.any() and (res.stopped_at[stopped] >= 10).all()  # never before two windows
+    assert (res.passes_per_image[stopped] == res.stopped_at[stopped] * 6).all()  # no pass after stopping
+    assert (flat_norm(res.x_rob - x, "linf") <= 0.1 + 1e-6).all()
+    with torch.no_grad():
+        assert torch.equal(res.label, adv_model(x).argmax(1))
