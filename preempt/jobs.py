@@ -152,6 +152,8 @@ class JobStore:
             pipe.set(self.key("upload", job_id), upload)
         for name, data in (extra_uploads or {}).items():
             pipe.set(self.key("upload", job_id) + f":{name}", data)
+        if extra_uploads:
+            pipe.hset(self.key("job", job_id), "extra_uploads", ",".join(extra_uploads))
         pipe.sadd(self.ACTIVE, job_id)
         pipe.execute()
 
@@ -216,9 +218,10 @@ class JobStore:
         return True
 
     def _forget_upload(self, pipe, job_id: str) -> None:
-        pipe.delete(self.key("upload", job_id))
-        for key in self.r.scan_iter(match=self.key("upload", job_id) + ":*"):
-            pipe.delete(key)
+        """Queue the deletion of the upload and of the extra uploads the job hash names."""
+        extra = self.r.hget(self.key("job", job_id), "extra_uploads")
+        names = extra.decode().split(",") if extra else []
+        pipe.delete(self.key("upload", job_id), *(self.key("upload", job_id) + f":{n}" for n in names))
 
     def delete(self, job_id: str) -> None:
         pipe = self.r.pipeline(transaction=True)

@@ -224,6 +224,8 @@ def test_whitebox_attack_and_certify_jobs(stack):
     files = {"file": ("rob.png", rob), "original": ("orig.png", data)}
     a = stack.wait_job(stack.submit(None, path="/v1/attack", files=files, attack="pgd", iterations=10).json()["job_id"])
     assert a["status"] == "succeeded", a
+    for key in (f"preempt:upload:{a['job_id']}", f"preempt:upload:{a['job_id']}:original"):
+        assert not stack.redis.exists(key)  # both uploads gone once the job ended
     wb = a["report"]["whitebox"]
     assert isinstance(wb["robust"], bool) and set(wb["robust_at"]) == {"0.025", "0.05", "0.075", "0.1"}
     adv = stack.http.get(a["result_url"]).content
