@@ -72,15 +72,15 @@ def _boolean(field: str, raw: Optional[str], default: bool) -> bool:
     raise _bad(field, f"{raw!r} is not a boolean (true or false)")
 
 
-def _model(raw: Optional[str]) -> str:
+def _model(raw: Optional[str], cards: dict) -> str:
     name = raw or DEFAULT_MODEL
-    if name not in registered_models():
+    if name not in cards:
         raise _bad("model", f"unknown model {name!r}; GET /v1/models lists them")
     return name
 
 
-def _threat(model: str, norm: Optional[str], epsilon: Optional[str], delta: Optional[str]) -> dict:
-    threat = model_card(model).get("threat", {})
+def _threat(card: dict, norm: Optional[str], epsilon: Optional[str], delta: Optional[str]) -> dict:
+    threat = card.get("threat", {})
     norm = norm or threat.get("norm", "linf")
     if norm not in ("linf", "l2"):
         raise _bad("norm", f"{norm!r} is not linf or l2")
@@ -127,6 +127,8 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
     store = JobStore(redis_client(settings.require_url()), settings.result_ttl)
     celery_app = make_celery(settings)
     metrics = Metrics(store)
+    # The shipped models do not change while the API runs: read their cards once, not per request.
+    cards = {name: model_card(name) for name in registered_models()}
     app = FastAPI(title="Preempt", version="1.0",
                   description="Preemptive image robustification against man-in-the-middle adversarial attacks.")
     app.state.store, app.state.settings = store, settings
@@ -211,11 +213,11 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
         iterations: Optional[str] = Form(None), verify: Optional[str] = Form(None),
         wait: float = Query(0.0, ge=0.0, le=60.0, description="seconds to wait for the result"),
     ):
-        name = _model(model)
+        name = _model(model, cards)
         preset = preset or "medium"
         if preset not in PRESETS:
             raise _bad("preset", f"{preset!r} is not one of {', '.join(PRESETS)}")
-        params = {"model": name, "preset": preset, **_threat(name, norm, epsilon, delta), **PRESETS[preset]}
+        params = {"model": name, "preset": preset, **_threat(cards[name], norm, epsilon, delta), **PRESETS[preset]}
         params["iterations"] = _number("iterations", iterations, params["iterations"], 1, settings.max_iterations,
                                        integer=True)
         params["verify"] = _boolean("verify", verify, True)
@@ -235,12 +237,12 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
         iterations: Optional[str] = Form(None),
         wait: float = Query(0.0, ge=0.0, le=60.0),
     ):
-        name = _model(model)
+        name = _model(model, cards)
         atk = attack or "pgd"
         if atk not in ("pgd", "aa"):
             raise _bad("attack", f"{atk!r} is not pgd or aa")
-        threat = _threat(name, norm, epsilon, None)
-        k = len(model_card(name).get("class_names") or []) or 1000
+        threat = _threat(cards[name], norm, epsilon, None)
+        k = len(cards[name].get("class_names") or []) or 1000
         params = {"model": name, "norm": threat["norm"], "epsilon": threat["epsilon"], "attack": atk,
                   "label": _number("label", label, None, 0, k - 1, integer=True),
                   "iterations": _number("iterations", iterations, 100, 1, settings.max_iterations, integer=True)}
@@ -261,7 +263,7 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
         sigma: Optional[str] = Form(None), n0: Optional[str] = Form(None), n: Optional[str] = Form(None),
         alpha: Optional[str] = Form(None), wait: float = Query(0.0, ge=0.0, le=60.0),
     ):
-        name = _model(model)
+        name = _model(model, cards)
         params = {"model": name, "sigma": _number("sigma", sigma, 0.25, 0.0, 10.0),
                   "n0": _number("n0", n0, 100, 1, 100_000, integer=True),
                   "n": _number("n", n, 10_000, 1, 1_000_000, integer=True),
@@ -303,8 +305,7 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
     @app.get("/v1/models", summary="The classifiers this service protects against")
     async def models():
         out = []
-        for name in registered_models():
-            card = model_card(name)
+        for name, card in cards.items():
             out.append({"name": name, "default": name == DEFAULT_MODEL,
                         **{k: card.get(k) for k in ("arch", "dataset", "threat", "input_size", "channels",
                                                     "class_names", "figures", "method")}})
