@@ -1,6 +1,9 @@
 """Robustification benchmark: a plain Algorithm 1 against Preempt's robustifier, same run, same images.
 
     python -m bench.robustify [-n 200] [--model fmnist-linf-adv] [--attacks pgd,aa] [--json F] [--markdown F]
+    python -m bench.robustify --device cuda -n 1000 --methods plain,preempt,preempt-bf16     # on a GPU
+    python -m bench.robustify --device cuda --arch resnet50 -n 64 --iterations 3 \
+        --methods plain,preempt-no-stop,preempt-bf16-no-stop                                 # timing only
 
 (a) ``plain``: the paper's loop written the straightforward way: per batch, one random start,
     every image runs all MAXITER = 100 outer iterations of T = 20 inner PGD steps, fp32, weights
@@ -8,7 +11,15 @@
 (b) ``preempt``: :func:`preempt.core.robustify.robustify` at its defaults (same MAXITER, T, N,
     optimiser), with the switches it turns on by default: channels_last weights and early stopping.
 (c) ``preempt-no-plateau``: (b) with only the ln 2 stopping rule (no plateau rule);
-(d) ``preempt-no-stop``: (b) with early stopping off, to separate what each switch buys.
+(d) ``preempt-no-stop``: (b) with early stopping off, to separate what each switch buys;
+(e) ``preempt-bf16``, ``preempt-bf16-no-stop``: (b) and (d) with the classifier under bf16 autocast
+    (``load_classifier(precision="bf16")``; for GPUs); ``preempt-bf16-compile-no-stop`` also runs
+    the classifier through ``torch.compile``. Attacks always use the fp32 model. Every method is
+    warmed up on one batch for one iteration before it is timed.
+
+With ``--arch`` the images are uniform noise of the architecture's input shape and the weights
+random: the run times the methods (use early-stopping-free methods and few ``--iterations``) and
+skips the attacks, whose figures would mean nothing.
 
 Reports images per second, forward-backward passes per image and grey-box accuracy (PGD-20 and
 AutoAttack, standard version) of the originals and of each output, with the gap closure.
@@ -17,6 +28,7 @@ AutoAttack, standard version) of the originals and of each output, with the gap 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import time
@@ -27,9 +39,14 @@ import torch.nn.functional as F
 
 from preempt.core.data import fashion_mnist
 from preempt.core.evaluate import attack_fn, gap_closure
-from preempt.core.models import load_classifier
+from preempt.core.models import Autocast, build_model, load_classifier
 from preempt.core.robustify import RobustifyConfig, robustify
 from preempt.core.threat import ThreatModel
+
+
+INPUT = {"small-cnn": (1, 28, 28), "resnet50": (3, 224, 224)}
+METHODS = ("plain", "preempt", "preempt-no-plateau", "preempt-no-stop", "preempt-bf16", "preempt-bf16-no-stop",
+           "preempt-bf16-compile-no-stop")
 
 
 def plain_robustify(model, x_o, y, eps: float, delta: float, iterations: int = 100, steps: int = 20,
@@ -69,47 +86,88 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("-n", type=int, default=200)
     ap.add_argument("--model", default="fmnist-linf-adv")
+    ap.add_argument("--arch", default=None, help="random-weight architecture on noise images (timing only)")
+    ap.add_argument("--device", default="cpu")
     ap.add_argument("--epsilon", type=float, default=0.1)
+    ap.add_argument("--iterations", type=int, default=100, help="MAXITER of every method")
     ap.add_argument("--batch", type=int, default=200)
+    ap.add_argument("--methods", default="plain,preempt,preempt-no-plateau,preempt-no-stop",
+                    help=f"comma list of {', '.join(METHODS)}")
     ap.add_argument("--attacks", default="pgd,aa")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=None)
     ap.add_argument("--markdown", default=None)
     args = ap.parse_args(argv)
-    attacks = [a for a in args.attacks.split(",") if a]
+    methods = [m for m in args.methods.split(",") if m]
+    if set(methods) - set(METHODS):
+        ap.error(f"unknown methods {sorted(set(methods) - set(METHODS))}; choose from {METHODS}")
+    attacks = [a for a in args.attacks.split(",") if a] if not args.arch else []
     threat = ThreatModel("linf", args.epsilon)
-    x, y = fashion_mnist("test", limit=args.n)
-    fast = load_classifier(args.model).model  # channels_last (Preempt's default)
-    nchw = load_classifier(args.model, channels_last=False).model
+    dev = args.device
+    if args.arch:
+        torch.manual_seed(args.seed)
+        nchw = build_model(args.arch, 1000 if args.arch == "resnet50" else 10).to(dev).eval()
+        for p in nchw.parameters():
+            p.requires_grad_(False)
+        fast = copy.deepcopy(nchw).to(memory_format=torch.channels_last)
+        x = torch.rand((args.n,) + INPUT.get(args.arch, (3, 32, 32)), device=dev)
+        y = None
+    else:
+        x, y = fashion_mnist("test", limit=args.n)
+        x, y = x.to(dev), y.to(dev)
+        fast = load_classifier(args.model, device=dev).model  # channels_last (Preempt's default)
+        nchw = load_classifier(args.model, device=dev, channels_last=False).model
+    half = Autocast(fast, torch.bfloat16)
     with torch.no_grad():
-        labels = fast(x).argmax(1)
+        labels = torch.cat([fast(x[i:i + args.batch]).argmax(1) for i in range(0, len(x), args.batch)])
+    if y is None:
+        y = labels
 
     runs = {}
 
-    def timed(name, fn):
+    def timed(name, make):
+        """Times ``make(iterations)`` over all images, after one untimed 1-iteration warm-up batch
+        (cuDNN's algorithm search, torch.compile, lazy CUDA initialisation are not the method's cost)."""
+        make(1)(x[:args.batch], labels[:args.batch])
+        fn = make(args.iterations)
         torch.manual_seed(args.seed)
+        if dev.startswith("cuda"):
+            torch.cuda.synchronize()
         t = time.perf_counter()
         outs, passes = [], []
         for i in range(0, len(x), args.batch):
             xr, p = fn(x[i:i + args.batch], labels[i:i + args.batch])
             outs.append(xr)
             passes.append(p * len(xr))
+        if dev.startswith("cuda"):
+            torch.cuda.synchronize()
         sec = time.perf_counter() - t
         runs[name] = {"x": torch.cat(outs), "seconds": sec, "images_per_s": len(x) / sec,
                       "passes_per_image": sum(passes) / len(x)}
         print(f"{name}: {len(x) / sec:.3f} images/s, {sum(passes) / len(x):.0f} passes/image", flush=True)
 
-    timed("plain", lambda xb, yb: (plain_robustify(nchw, xb, yb, args.epsilon, args.epsilon), 2100))
-
-    def ours(cfg):
+    def ours(model, cfg):
         def run(xb, yb):
-            r = robustify(fast, xb, threat, cfg, y=yb)
+            r = robustify(model, xb, threat, cfg, y=yb)
             return r.x_rob, r.passes
         return run
 
-    timed("preempt", ours(RobustifyConfig()))
-    timed("preempt-no-plateau", ours(RobustifyConfig(plateau_window=0)))
-    timed("preempt-no-stop", ours(RobustifyConfig(stop_patience=0, plateau_window=0)))
+    compiled = {}
+    for m in methods:
+        if m == "plain":
+            timed(m, lambda it: lambda xb, yb: (plain_robustify(nchw, xb, yb, args.epsilon, args.epsilon,
+                                                                iterations=it), it * 21))
+            continue
+        model = half if "bf16" in m else fast
+        if "compile" in m:
+            model = compiled.setdefault(m, torch.compile(model))
+        if m.endswith("no-stop"):
+            extra = {"stop_patience": 0, "plateau_window": 0}
+        elif m.endswith("no-plateau"):
+            extra = {"plateau_window": 0}
+        else:
+            extra = {}
+        timed(m, lambda it, model=model, extra=extra: ours(model, RobustifyConfig(iterations=it, **extra)))
 
     rows = [{"method": "none", **robust_accuracy(fast, x, y, threat, attacks, args.batch)}]
     for name, r in runs.items():
@@ -119,10 +177,12 @@ def main(argv=None) -> int:
                      "passes_per_image": round(r["passes_per_image"], 1), **acc})
         print(rows[-1], flush=True)
     for r in rows[1:]:
-        r["speedup_vs_plain"] = round(r["images_per_s"] / rows[1]["images_per_s"], 2)
+        r["speedup_vs_plain"] = round(r["images_per_s"] / runs["plain"]["images_per_s"], 2) if "plain" in runs else None
         for a in attacks:
             r[f"gap_closure_{a}"] = gap_closure(rows[0], r, f"greybox_{a}")
-    result = {"n_images": len(x), "model": args.model, "epsilon": args.epsilon, "delta": args.epsilon,
+    result = {"n_images": len(x), "model": args.arch or args.model, "device": dev,
+              "device_name": torch.cuda.get_device_name() if dev.startswith("cuda") else "cpu",
+              "torch": torch.__version__, "iterations": args.iterations, "epsilon": args.epsilon, "delta": args.epsilon,
               "threads": torch.get_num_threads(), "cpus": os.cpu_count(), "rows": rows}
     cols = ["method", "images_per_s", "speedup_vs_plain", "passes_per_image", "clean"] + \
            [f"greybox_{a}" for a in attacks] + [f"gap_closure_{a}" for a in attacks]

@@ -69,11 +69,11 @@ def _threat(args):
         raise UsageError(str(e)) from None
 
 
-def _load(args):
+def _load(args, precision: str = "fp32"):
     from preempt.core.models import load_classifier
 
     try:
-        return load_classifier(args.model, arch=getattr(args, "arch", None), device=args.device)
+        return load_classifier(args.model, arch=getattr(args, "arch", None), device=args.device, precision=precision)
     except ValueError as e:
         raise UsageError(str(e)) from None
 
@@ -89,6 +89,7 @@ def cmd_robustify(args) -> int:
     torch.manual_seed(args.seed)
     threat = _threat(args)
     clf = _load(args)
+    fast = clf if args.precision == "fp32" else _load(args, args.precision)
     settings = dict(PRESETS[args.preset])
     for k in ("iterations", "steps", "samples"):
         if getattr(args, k) is not None:
@@ -128,8 +129,9 @@ def cmd_robustify(args) -> int:
     bar = _bar(len(batches) * cfg.iterations, f"robustify {len(decoded)} image(s)", "iter")
     for paths in batches:
         t0 = time.perf_counter()
-        results = protect_images(clf.model, [decoded[p] for p in paths], threat, cfg, device=args.device,
-                                 verify=not args.no_verify, progress=lambda i, n, loss: bar.update(1))
+        results = protect_images(fast.model, [decoded[p] for p in paths], threat, cfg, device=args.device,
+                                 verify=not args.no_verify, progress=lambda i, n, loss: bar.update(1),
+                                 judge=clf.model)
         seconds = (time.perf_counter() - t0) / len(paths)
         for path, result in zip(paths, results):
             name = out_names[path]
@@ -308,6 +310,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-verify", action="store_true", help="skip the verification attack on the written PNG")
     _add_stop(p)
     p.add_argument("--batch-size", type=_positive_int, default=64, help="images of one size robustified together")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                   help="the classifier's precision while robustifying (bf16: for large models on a GPU; "
+                        "labels and verification stay fp32)")
     p.set_defaults(func=cmd_robustify)
 
     p = sub.add_parser("train", help="train a classifier on Fashion-MNIST (Algorithm 2 and baselines)")

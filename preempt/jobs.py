@@ -57,6 +57,13 @@ def _env(name: str, default, cast):
         raise ValueError(f"{name} must be {'an integer' if cast is int else 'a number'}, got {raw!r}") from None
 
 
+def _env_choice(name: str, choices: tuple, default: str) -> str:
+    value = os.environ.get(name, default)
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
 def _env_int(name: str, default: int) -> int:
     return _env(name, default, int)
 
@@ -80,6 +87,7 @@ class Settings:
     visibility_timeout: int = 6 * 3600  # PREEMPT_VISIBILITY_TIMEOUT: longer than the longest job
     batch_wait: float = 0.5  # PREEMPT_BATCH_WAIT: seconds a worker waits for compatible jobs to batch
     max_batch: int = 32  # PREEMPT_MAX_BATCH: most jobs robustified together
+    precision: str = "fp32"  # PREEMPT_PRECISION: the classifier's precision while robustifying (fp32, bf16)
     extra: dict = field(default_factory=dict)
 
     @classmethod
@@ -96,6 +104,7 @@ class Settings:
             visibility_timeout=_env_int("PREEMPT_VISIBILITY_TIMEOUT", 6 * 3600),
             batch_wait=_env_float("PREEMPT_BATCH_WAIT", 0.5),
             max_batch=_env_int("PREEMPT_MAX_BATCH", 32),
+            precision=_env_choice("PREEMPT_PRECISION", ("fp32", "bf16"), "fp32"),
         )
 
     def require_url(self) -> str:

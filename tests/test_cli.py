@@ -100,3 +100,21 @@ def test_certify_reports_certified_accuracy(tmp_path, torchscript_model):
     out = json.loads((tmp_path / "c.json").read_text())
     assert len(out["images"]) == 3 and 0 <= out["certified_accuracy"] <= 1
     assert all(img["radius"] >= 0 for img in out["images"])
+
+
+def test_robustify_in_bf16_keeps_budget_and_fp32_label(tmp_path, image_folder):
+    """``--precision bf16`` robustifies against the bf16 classifier; the budget holds, and the label
+    and the verification come from the fp32 classifier."""
+    out = tmp_path / "out"
+    r = run("robustify", str(image_folder / "a.png"), str(image_folder / "b.png"), "-o", str(out),
+            "--precision", "bf16", "--iterations", "6", "--steps", "5")
+    assert r.returncode == 0, r.stderr
+    report = json.loads((out / "report.json").read_text())
+    from preempt.core.models import load_classifier
+
+    fp32 = load_classifier("fmnist-linf-adv")
+    for entry in report["images"]:
+        src = decode(open(entry["input"], "rb").read()).pixels
+        with torch.no_grad():
+            assert entry["label"] == int(fp32.model(src[None]).argmax(1))
+        assert entry["linf"] <= 0.1 + 1e-6 and entry["label_kept"]

@@ -216,6 +216,30 @@ class Preprocess(nn.Module):
         return self.model(x)
 
 
+class Autocast(nn.Module):
+    """Runs the wrapped classifier under ``torch.autocast`` in ``dtype`` and returns fp32 logits.
+
+    Inputs, the loss and the gradients the algorithms read stay fp32; only the classifier's own
+    convolutions and matrix products run in reduced precision (bf16: fp32's exponent range, so no
+    loss scaling). ``channels_last_input`` also lays the input out NHWC, which cuDNN's fastest
+    mixed-precision convolutions want.
+    """
+
+    def __init__(self, model: nn.Module, dtype: torch.dtype = torch.bfloat16, channels_last_input: bool = True):
+        super().__init__()
+        self.model, self.dtype, self.channels_last_input = model, dtype, channels_last_input
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_last_input and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device_type=x.device.type, dtype=self.dtype):
+            out = self.model(x)
+        return out.float()
+
+
+PRECISIONS = ("fp32", "bf16")
+
+
 def build_model(arch: str, num_classes: int = 10, dataset: Optional[str] = None, in_channels: Optional[int] = None) -> nn.Module:
     """A fresh ``arch`` network in [0, 1] pixel space (normalisation of ``dataset`` built in)."""
     if arch not in ARCHS:
@@ -298,14 +322,23 @@ def _is_torchscript(path: Path) -> bool:
 
 
 def load_classifier(name_or_path: str, arch: Optional[str] = None, device: str = "cpu",
-                    num_classes: Optional[int] = None, channels_last: bool = True) -> LoadedClassifier:
+                    num_classes: Optional[int] = None, channels_last: Optional[bool] = None,
+                    precision: str = "fp32") -> LoadedClassifier:
     """Load a classifier by registered name or file path; see the module docstring for formats.
 
-    ``channels_last`` stores 4-D weights in NHWC order: on this project's reference CPU (2 cores)
-    it makes the small CNN's forward-backward passes 1.43x faster (``bench/passes.py``).
+    ``channels_last`` stores 4-D weights in NHWC order. ``None`` (the default) decides by what was
+    measured (``bench/passes.py``, ``docs/performance.md``): on for a CPU (the small CNN's passes are
+    1.4x faster on this project's 2-core reference machine) and for bf16 on a GPU (cuDNN's
+    tensor-core kernels want NHWC), off for fp32 on a GPU (0.76x for ResNet-50, 0.94x for
+    WideResNet-34-10 on an H200).
+
+    ``precision="bf16"`` runs the classifier under bf16 autocast (:class:`Autocast`), for GPUs
+    (``bench/passes.py`` and ``docs/performance.md`` have what it buys and what it costs).
 
     Raises ``ValueError`` with a message that says what to do when the model cannot be loaded.
     """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     registered = registered_models()
     if name_or_path in registered:
         path = registered[name_or_path]
@@ -345,6 +378,8 @@ def load_classifier(name_or_path: str, arch: Optional[str] = None, device: str =
     if spec.mean is not None or spec.input_size is not None or spec.channels is not None:
         model = Preprocess(model, spec)
     model = model.to(device)
+    if channels_last is None:
+        channels_last = torch.device(device).type == "cpu" or precision != "fp32"
     if channels_last:
         try:
             model = model.to(memory_format=torch.channels_last)
@@ -356,6 +391,8 @@ def load_classifier(name_or_path: str, arch: Optional[str] = None, device: str =
         pass  # torch.export programs are already in inference form and refuse eval()
     for p in model.parameters():
         p.requires_grad_(False)
+    if precision == "bf16":
+        model = Autocast(model, torch.bfloat16, channels_last_input=channels_last)
     check_classifier(model, spec)
     return LoadedClassifier(model=model, name=path.stem if name_or_path not in registered else name_or_path,
                             spec=spec, card=card)

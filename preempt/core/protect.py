@@ -42,20 +42,29 @@ def verify_robust(model: torch.nn.Module, x: torch.Tensor, label: torch.Tensor, 
 
 def protect_images(model: torch.nn.Module, images: List[DecodedImage], threat: ThreatModel,
                    config: Optional[RobustifyConfig] = None, device: str = "cpu", verify: bool = True,
-                   progress: Optional[Progress] = None) -> List[ProtectResult]:
-    """Robustify decoded images of one shape as one batch; return PNG bytes and a report for each."""
+                   progress: Optional[Progress] = None, judge: Optional[torch.nn.Module] = None) -> List[ProtectResult]:
+    """Robustify decoded images of one shape as one batch; return PNG bytes and a report for each.
+
+    ``judge`` (default: ``model``) is the classifier the label, the label check and the
+    verification attack use: the fp32 model when ``model`` runs in reduced precision.
+    """
+    judge = judge if judge is not None else model
     shapes = {tuple(img.pixels.shape) for img in images}
     if len(shapes) != 1:
         raise ValueError(f"protect_images needs images of one shape, got {sorted(shapes)}")
     x_orig = torch.stack([img.pixels for img in images]).to(device)
-    result = robustify(model, x_orig, threat, config, progress=progress)
+    y = None  # a smoothed classifier's label is the smoothed prediction (robustify computes it)
+    if config is None or config.sigma is None:
+        with torch.no_grad():
+            y = judge(x_orig).argmax(1)
+    result = robustify(model, x_orig, threat, config, y=y, progress=progress)
     x_q = quantize_within_budget(result.x_rob, x_orig, threat.norm, threat.delta)
     pngs = [encode_png(x_q[i], img.alpha) for i, img in enumerate(images)]
     decoded = torch.stack([decode(png).pixels for png in pngs]).to(device)
     label = result.label
     with torch.no_grad():
-        kept = model(decoded).argmax(1) == label
-    robust = verify_robust(model, decoded, label, threat) if verify else None
+        kept = judge(decoded).argmax(1) == label
+    robust = verify_robust(judge, decoded, label, threat) if verify else None
     out = []
     for i, png in enumerate(pngs):
         report = {
@@ -75,6 +84,6 @@ def protect_images(model: torch.nn.Module, images: List[DecodedImage], threat: T
 
 def protect_image(model: torch.nn.Module, image: DecodedImage, threat: ThreatModel,
                   config: Optional[RobustifyConfig] = None, device: str = "cpu", verify: bool = True,
-                  progress: Optional[Progress] = None) -> ProtectResult:
+                  progress: Optional[Progress] = None, judge: Optional[torch.nn.Module] = None) -> ProtectResult:
     """Robustify one decoded image; return the PNG bytes and the protection report."""
-    return protect_images(model, [image], threat, config, device, verify, progress)[0]
+    return protect_images(model, [image], threat, config, device, verify, progress, judge)[0]

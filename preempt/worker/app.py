@@ -93,7 +93,7 @@ def create_worker_app(settings: Settings, device: str, owner: str):
 
     app = make_celery(settings)
     store = JobStore(redis_client(settings.require_url()), settings.result_ttl)
-    models = ModelCache(device)
+    models = ModelCache(device, settings.precision)
     beat = Heartbeat(store, app, settings, owner, {"device": device, "pid": os.getpid(), "host": socket.gethostname()})
 
     @app.task(name=TASK_NAME)

@@ -40,18 +40,22 @@ class Cancelled(Exception):
 
 
 class ModelCache:
-    """Models loaded once per worker process, on its device."""
+    """Models loaded once per worker process, on its device, in fp32 and the robustifying precision."""
 
-    def __init__(self, device: str):
-        self.device = device
-        self._models: Dict[str, LoadedClassifier] = {}
+    def __init__(self, device: str, precision: str = "fp32"):
+        self.device, self.precision = device, precision
+        self._models: Dict[tuple, LoadedClassifier] = {}
         self._lock = threading.Lock()
 
-    def get(self, name: str) -> LoadedClassifier:
+    def get(self, name: str, precision: str = "fp32") -> LoadedClassifier:
         with self._lock:
-            if name not in self._models:
-                self._models[name] = load_classifier(name, device=self.device)
-            return self._models[name]
+            if (name, precision) not in self._models:
+                self._models[name, precision] = load_classifier(name, device=self.device, precision=precision)
+            return self._models[name, precision]
+
+    def robustifier(self, name: str) -> LoadedClassifier:
+        """The model robustification runs on (``PREEMPT_PRECISION``); labels and checks use :meth:`get`."""
+        return self.get(name, self.precision)
 
 
 def _class_name(clf: LoadedClassifier, label: int):
@@ -97,8 +101,9 @@ def run_robustify(store: JobStore, models: ModelCache, jobs: List[dict], max_pix
         ids = [job["job_id"] for job, _ in group]
         started = time.perf_counter()
         try:
-            results = protect_images(clf.model, [img for _, img in group], threat, cfg, device=models.device,
-                                     verify=p.get("verify", True), progress=ProgressWriter(store, ids))
+            results = protect_images(models.robustifier(p["model"]).model, [img for _, img in group], threat, cfg,
+                                     device=models.device, verify=p.get("verify", True),
+                                     progress=ProgressWriter(store, ids), judge=clf.model)
         except Cancelled:
             log.info("batch %s cancelled", ids)
             continue

@@ -62,3 +62,27 @@ def test_preprocess_resizes_and_converts_differentiably(adv_model):
 @pytest.mark.parametrize("arch,shape", [("preact-resnet18", (1, 3, 32, 32)), ("small-cnn", (1, 1, 28, 28))])
 def test_architectures_build(arch, shape):
     assert build_model(arch)(torch.rand(shape)).shape == (1, 10)
+
+
+def test_bf16_classifier_returns_fp32_logits_that_agree_with_fp32(fmnist_test):
+    """``precision="bf16"`` runs the convolutions in bf16 but hands the algorithms fp32 logits;
+    its predictions match the fp32 model's on real test images (up to a rare tie)."""
+    fp32 = load_classifier("fmnist-linf-adv")
+    bf16 = load_classifier("fmnist-linf-adv", precision="bf16")
+    x = fmnist_test[0][:200]
+    with torch.no_grad():
+        a, b = fp32.model(x), bf16.model(x)
+    assert b.dtype == torch.float32
+    assert (a.argmax(1) == b.argmax(1)).float().mean() >= 0.98
+    assert (a - b).abs().max() < 0.5  # bf16 has 8 mantissa bits: close, not equal
+    with pytest.raises(ValueError, match="precision"):
+        load_classifier("fmnist-linf-adv", precision="fp8")
+
+
+def test_channels_last_is_chosen_by_device_and_precision():
+    """Default layout: NHWC weights on a CPU (measured faster there), as asked otherwise."""
+    def conv_weight(clf):
+        return next(p for p in clf.model.parameters() if p.dim() == 4)
+
+    assert conv_weight(load_classifier("fmnist-linf-adv")).is_contiguous(memory_format=torch.channels_last)
+    assert conv_weight(load_classifier("fmnist-linf-adv", channels_last=False)).is_contiguous()
