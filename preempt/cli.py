@@ -258,6 +258,42 @@ def cmd_certify(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- reproduce
+def cmd_reproduce(args) -> int:
+    import torch
+
+    from preempt.core.reproduce import SETTINGS, ReproduceConfig, run_setting, write_report
+    from preempt.core.robustify import RobustifyConfig
+
+    if args.dataset != "fashion-mnist":
+        raise UsageError("only --dataset fashion-mnist can be reproduced on this machine (CIFAR-10 and ImageNet "
+                         "cannot be downloaded here)")
+    attacks = tuple(a.strip() for a in args.attacks.split(",") if a.strip())
+    if set(attacks) - {"pgd", "aa"}:
+        raise UsageError(f"--attacks: choose from pgd, aa (got {args.attacks!r})")
+    torch.manual_seed(args.seed)
+    wb = None if args.whitebox_attacks is None else tuple(a.strip() for a in args.whitebox_attacks.split(",") if a.strip())
+    if wb is not None and set(wb) - set(attacks):
+        raise UsageError(f"--whitebox-attacks must be among --attacks ({','.join(attacks)})")
+    cfg = ReproduceConfig(n=args.n, chunk=min(args.chunk, args.n), attacks=attacks, whitebox=not args.no_whitebox,
+                          whitebox_attacks=wb,
+                          device=args.device, seed=args.seed, certify_n=args.certify_n,
+                          robustify=RobustifyConfig(stop_patience=args.stop_patience,
+                                                    plateau_window=args.plateau_window))
+    keys = list(SETTINGS) if args.norm == "all" else [args.norm]
+    for key in keys:
+        t0 = time.perf_counter()
+        try:
+            report = run_setting(key, cfg, Path(args.work), train=args.train,
+                                 log=lambda m: print(f"[{time.strftime('%H:%M:%S')}] {m}", file=sys.stderr, flush=True))
+        except FileNotFoundError as e:
+            raise UsageError(str(e)) from None
+        report["wall_seconds"] = round(time.perf_counter() - t0, 1)
+        for path in write_report(report, Path(args.output)):
+            print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
 # ---------------------------------------------------------------- parser
 def _add_threat(p, epsilon=0.1):
     p.add_argument("--norm", choices=["linf", "l2"], default="linf")
@@ -349,6 +385,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default=None)
     p.add_argument("--markdown", default=None)
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("reproduce", help="reproduce the paper's Section 4 on Fashion-MNIST: tables, JSON, plots")
+    p.add_argument("--dataset", default="fashion-mnist")
+    p.add_argument("--norm", choices=["linf", "l2", "smoothing", "all"], default="linf",
+                   help="linf: eps = delta = 0.1; l2: 1.5; smoothing: l2 0.5 with sigma 0.25")
+    p.add_argument("-n", type=_positive_int, default=1000, help="test images (default %(default)s)")
+    p.add_argument("--chunk", type=_positive_int, default=100, help="images per cached chunk")
+    p.add_argument("--attacks", default="pgd,aa", help="comma list of pgd, aa (linf and l2)")
+    p.add_argument("--no-whitebox", action="store_true", help="skip the white-box attack (Algorithms 3-4)")
+    p.add_argument("--whitebox-attacks", default=None, help="comma list: the attacks also run white-box (default: all)")
+    p.add_argument("--certify-n", type=_positive_int, default=10000, help="noise samples of CERTIFY (smoothing)")
+    p.add_argument("--train", action="store_true", help="train the models that are not shipped")
+    p.add_argument("-o", "--output", default="reports/fashion-mnist", help="report folder (default %(default)s)")
+    p.add_argument("--work", default="runs/reproduce", help="cache of finished chunks (default %(default)s)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--seed", type=int, default=0)
+    _add_stop(p)
+    p.set_defaults(func=cmd_reproduce)
 
     p = sub.add_parser("certify", help="CERTIFY of Cohen et al. on Fashion-MNIST test images")
     _add_model(p)

@@ -110,9 +110,9 @@ def test_robustify_in_bf16_keeps_budget_and_fp32_label(tmp_path, image_folder):
             "--precision", "bf16", "--iterations", "6", "--steps", "5")
     assert r.returncode == 0, r.stderr
     report = json.loads((out / "report.json").read_text())
-    from preempt.core.models import load_classifier
+    from preempt.core.models import DEFAULT_MODEL, load_classifier
 
-    fp32 = load_classifier("fmnist-linf-adv")
+    fp32 = load_classifier(DEFAULT_MODEL)
     for entry in report["images"]:
         src = decode(open(entry["input"], "rb").read()).pixels
         with torch.no_grad():

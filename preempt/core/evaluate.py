@@ -23,6 +23,7 @@ import torch
 
 from .attacks import pgd
 from .autoattack import AutoAttack
+from .images import quantize_within_budget
 from .reconstruct import whitebox_attack
 from .robustify import RobustifyConfig, robustify
 from .threat import ThreatModel
@@ -34,9 +35,11 @@ COLUMNS = ("clean", "greybox_pgd", "greybox_aa", "whitebox_pgd", "whitebox_aa")
 class EvalConfig:
     attacks: tuple = ("pgd", "aa")
     whitebox: bool = False
+    whitebox_attacks: Optional[tuple] = None  # attacks run white-box (None: all of ``attacks``)
     batch_size: int = 200
     robustify: RobustifyConfig = field(default_factory=RobustifyConfig)
     num_classes: int = 10
+    quantize: bool = False  # evaluate the 8-bit image a user transmits (rounded inside delta), not the float one
 
 
 def attack_fn(name: str, model: torch.nn.Module, threat: ThreatModel, num_classes: int = 10) -> Callable:
@@ -60,19 +63,24 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, threat: T
     """Rows ``[{"model", "preempt": "none"}, {"model", "preempt": "ours"}]`` with a fraction per column.
 
     Also returns, in each row, ``"passes"`` (robustification cost per image) and for the
-    ``ours`` row ``"linf"``/``"l2"`` (largest budget used) and ``"seconds_per_image"`` (wall time of
-    robustification alone). Columns of attacks not run are absent.
+    ``ours`` row ``"linf"``/``"l2"`` (largest budget used), ``"seconds_per_image"`` (wall time of
+    robustification alone) and, with the white-box attack, ``"whitebox_ATTACK_by_eps"``: the accuracy
+    at each eps' of the sweep (the column itself is the lowest). Columns of attacks not run are absent.
     """
     cfg = cfg or EvalConfig()
     counts = {p: {c: 0 for c in COLUMNS} for p in ("none", "ours")}
+    by_eps: dict = {}  # (attack, eps') -> white-box robust count
     budget = {"linf": 0.0, "l2": 0.0}
-    passes, robustify_seconds = 0, 0.0
+    passes_sum, robustify_seconds = 0.0, 0.0
     for i in range(0, len(x), cfg.batch_size):
         xo, yb = x[i:i + cfg.batch_size].to(device), y[i:i + cfg.batch_size].to(device)
         start = time.perf_counter()
         res = robustify(model, xo, threat, cfg.robustify)
         robustify_seconds += time.perf_counter() - start
-        xr, passes = res.x_rob, res.passes
+        xr = res.x_rob
+        passes_sum += res.passes * len(xo)
+        if cfg.quantize:
+            xr = quantize_within_budget(xr, xo, threat.norm, threat.delta)
         budget["linf"] = max(budget["linf"], float(res.linf.max()))
         budget["l2"] = max(budget["l2"], float(res.l2.max()))
         for preempt, xb in (("none", xo), ("ours", xr)):
@@ -83,10 +91,12 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, threat: T
                 counts[preempt][f"greybox_{name}"] += int(grey.sum())
                 if preempt == "none":
                     counts[preempt][f"whitebox_{name}"] += int(grey.sum())
-                elif cfg.whitebox:
+                elif cfg.whitebox and name in (cfg.whitebox_attacks or cfg.attacks):
                     wb = whitebox_attack(model, xr, xo, yb, threat, attack=attack_fn(name, model, threat, cfg.num_classes),
                                          iterations=cfg.robustify.iterations, steps=cfg.robustify.steps)
                     counts[preempt][f"whitebox_{name}"] += int((acc & wb["robust_worst"]).sum())
+                    for eps, ok in wb["robust"].items():
+                        by_eps[name, eps] = by_eps.get((name, eps), 0) + int((acc & ok).sum())
         if progress is not None:
             progress(len(xo))
     n = len(x)
@@ -95,12 +105,17 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, threat: T
         row = {"model": model_name, "preempt": preempt}
         for c in COLUMNS:
             atk = c.split("_")[-1]
-            if c == "clean" or (atk in cfg.attacks and (c.startswith("greybox") or preempt == "none" or cfg.whitebox)):
+            wb = cfg.whitebox and atk in (cfg.whitebox_attacks or cfg.attacks)
+            if c == "clean" or (atk in cfg.attacks and (c.startswith("greybox") or preempt == "none" or wb)):
                 row[c] = counts[preempt][c] / n
-        row["passes"] = 0 if preempt == "none" else passes
+        row["passes"] = 0 if preempt == "none" else passes_sum / n
         if preempt == "ours":
             row.update(budget)
             row["seconds_per_image"] = robustify_seconds / n
+            for name in cfg.attacks:
+                sweep = {f"{eps:g}": k / n for (a, eps), k in sorted(by_eps.items()) if a == name}
+                if sweep:
+                    row[f"whitebox_{name}_by_eps"] = sweep
         rows.append(row)
     return rows
 

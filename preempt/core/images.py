@@ -83,7 +83,7 @@ def quantize_within_budget(x_rob: torch.Tensor, x_orig: torch.Tensor, norm: str,
             order = torch.argsort(gain, descending=True)
             excess = float(flat.pow(2).sum()) - budget ** 2
             cum = torch.cumsum(gain[order], 0)
-            k = int(torch.searchsorted(cum, torch.tensor(excess, dtype=cum.dtype))) + 1
+            k = int(torch.searchsorted(cum, torch.tensor(excess, dtype=cum.dtype, device=cum.device))) + 1
             flat[order[:k]] = fl_tw[order[:k]]
             out[i] = flat.view_as(out[i])
     result = ((base + out).clamp(0, 255)) / 255

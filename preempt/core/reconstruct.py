@@ -29,17 +29,20 @@ def reconstruct(
     inner_step: Optional[float] = None,
     lr: Optional[float] = None,
     y: Optional[torch.Tensor] = None,
+    sigma: Optional[float] = None,
+    noise_samples: int = 8,
 ) -> torch.Tensor:
     """Algorithm 3: estimate ``x_orig`` from ``x_rob`` ``[B, C, H, W]``; labels default to ``c(x_rob)``.
 
     Same dynamics as :func:`robustify.robustify` (first-order gradient, N random starts as a
     batch), but the update ascends the robust loss and is projected onto ``B_delta(x_rob)``.
     Step ``beta`` defaults to ``2.5 * delta / iterations`` (sign step for linf, normalised for l2).
+    With ``sigma`` the robust loss is the smoothed classifier's (randomized PGD, Section 3.6).
     """
     cfg = RobustifyConfig(iterations=iterations, steps=steps, samples=samples, inner_step=inner_step,
-                          optimizer="pgd", lr=lr, init="original")
+                          optimizer="pgd", lr=lr, init="original", sigma=sigma, noise_samples=noise_samples)
     if y is None:
-        y = predict_labels(model, x_rob)
+        y = predict_labels(model, x_rob, sigma)
     return robustify(model, x_rob, threat, cfg, y=y, maximize=True).x_rob
 
 
@@ -57,6 +60,7 @@ def whitebox_attack(
     attack: Optional[Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]] = None,
     eps_sweep: Optional[Sequence[float]] = None,
     x_hat: Optional[torch.Tensor] = None,
+    predict: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
     **reconstruct_kwargs,
 ) -> dict:
     """Algorithm 4 with the validity rule; returns per-budget and worst-case robustness.
@@ -65,7 +69,8 @@ def whitebox_attack(
     validity, never by the attack. Returns ``{"x_hat", "robust": {eps': bool[B]}, "robust_worst":
     bool[B], "dist_hat": [B], "dist_adv": {eps': [B]}}`` where an image is robust at ``eps'`` unless
     the attack found a misclassified point inside ``B_eps(x_orig)``; ``robust_worst`` is the
-    intersection over the sweep (the lowest accuracy, as the paper reports).
+    intersection over the sweep (the lowest accuracy, as the paper reports). ``predict`` (default:
+    the argmax of ``model``) judges misclassification, e.g. a smoothed classifier's prediction.
     """
     geometry = threat.geometry
     if attack is None:
@@ -81,7 +86,7 @@ def whitebox_attack(
         x_adv = attack(x_hat, y, eps)
         with torch.no_grad():
             d = geometry.distance(x_adv, x_orig)
-            wrong = model(x_adv).argmax(1) != y
+            wrong = (predict(x_adv) if predict is not None else model(x_adv).argmax(1)) != y
         ok = ~(wrong & (d <= threat.epsilon + tol))
         robust[eps], dist_adv[eps] = ok, d
         worst &= ok

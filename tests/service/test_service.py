@@ -12,6 +12,8 @@ import time
 
 import numpy as np
 import pytest
+
+from preempt.core.registry import DEFAULT_MODEL
 from PIL import Image, ImageOps
 
 from .conftest import Stack, example_image, photo, png_bytes
@@ -64,7 +66,7 @@ def test_robustify_roundtrip_keeps_size_mode_and_budget(stack, name, make, size,
     assert abs(float(np.sqrt(((x_out - x_in) ** 2).sum())) - report["l2"]) < 1e-3
     if a_in is not None:
         assert np.array_equal(a_in, a_out)  # alpha kept untouched
-    assert report["model"] == "fmnist-linf-adv" and report["norm"] == "linf"
+    assert report["model"] == DEFAULT_MODEL and report["norm"] == "linf"
     assert isinstance(report["label"], int) and report["verified"]["attack"] == "pgd-20x5"
     assert isinstance(report["verified"]["robust"], bool) and report["psnr"] > 20
 
@@ -238,7 +240,7 @@ def test_whitebox_attack_and_certify_jobs(stack):
 
 def test_models_metrics_and_docs(stack):
     models = stack.http.get("/v1/models").json()
-    assert any(m["name"] == "fmnist-linf-adv" and m["default"] for m in models["models"])
+    assert any(m["name"] == DEFAULT_MODEL and m["default"] for m in models["models"])
     assert set(models["presets"]) == {"low", "medium", "high"}
     metrics = stack.http.get("/metrics").text
     for name in ("preempt_http_requests_total", "preempt_jobs_ended_total", "preempt_workers", "preempt_jobs{"):

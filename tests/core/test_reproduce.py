@@ -1,0 +1,67 @@
+"""``preempt reproduce``'s pipeline on a few real Fashion-MNIST test images (small settings)."""
+
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+
+from preempt.core.reproduce import ReproduceConfig, markdown, run_setting, write_report
+from preempt.core.robustify import RobustifyConfig
+
+SMALL = RobustifyConfig(iterations=3, steps=3)
+
+
+def test_linf_report_has_the_issue_layout_and_resumes_from_cache(tmp_path):
+    logs = []
+    cfg = ReproduceConfig(n=6, chunk=3, attacks=("pgd",), robustify=SMALL)
+    report = run_setting("linf", cfg, tmp_path / "work", log=logs.append)
+    assert report["n_images"] == 6 and report["epsilon"] == 0.1 and report["delta"] == 0.1
+    assert [(r["model"], r["preempt"]) for r in report["rows"]] == [
+        ("adv", "none"), ("adv", "ours"), ("ours", "none"), ("ours", "ours")]
+    for r in report["rows"]:
+        for c in ("clean", "greybox_pgd", "whitebox_pgd"):
+            assert 0.0 <= r[c] <= 1.0
+            assert r[c] <= r["clean"] + 1e-9  # an attack can only lower accuracy
+        if r["preempt"] == "ours":
+            none = next(o for o in report["rows"] if o["model"] == r["model"] and o["preempt"] == "none")
+            assert r["clean"] == pytest.approx(none["clean"])  # robustification keeps the model's label
+            assert r["linf"] <= 0.1 + 1e-6  # the 8-bit image stays inside delta
+            assert set(r["whitebox_pgd_by_eps"]) == {"0.025", "0.05", "0.075", "0.1"}
+            assert r["whitebox_pgd"] == pytest.approx(min(r["whitebox_pgd_by_eps"].values()))
+    assert len([m for m in logs if "cached" not in m]) == 4  # 2 models x 2 chunks computed
+
+    logs.clear()
+    again = run_setting("linf", cfg, tmp_path / "work", log=logs.append)
+    assert all("cached" in m for m in logs) and len(logs) == 4
+    assert again["rows"] == report["rows"]
+
+    paths = write_report(report, tmp_path / "reports")
+    assert {p.name for p in paths} == {"linf.json", "linf.md", "linf_whitebox.png"}
+    assert paths[2].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # Every accuracy in the markdown table is the JSON's, in percent.
+    md = markdown(json.loads(paths[0].read_text()))
+    table = [line for line in md.splitlines() if line.startswith("| ADV |") or line.startswith("| Ours |")][:4]
+    for line, r in zip(table, report["rows"]):
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert float(cells[2]) == pytest.approx(100 * r["clean"], abs=0.006)
+        assert float(cells[3]) == pytest.approx(100 * r["greybox_pgd"], abs=0.006)
+
+
+def test_smoothing_report_has_certified_and_pgd10_columns(tmp_path):
+    cfg = ReproduceConfig(n=2, chunk=2, robustify=RobustifyConfig(iterations=2, steps=2), noise_samples=2,
+                          predict_samples=8, certify_n0=10, certify_n=100)
+    report = run_setting("smoothing", cfg, tmp_path / "work", log=lambda m: None)
+    assert report["sigma"] == 0.25 and report["epsilon"] == 0.5
+    assert [(r["model"], r["preempt"]) for r in report["rows"]] == [("gaussian", "none"), ("gaussian", "ours")]
+    for r in report["rows"]:
+        for c in ("clean", "greybox_pgd", "greybox_pgd10", "whitebox_pgd", "whitebox_pgd10", "certified"):
+            assert 0.0 <= r[c] <= 1.0
+        assert r["greybox_pgd10"] <= r["clean"]
+
+
+def test_cli_refuses_datasets_it_cannot_have(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "preempt.cli", "reproduce", "--dataset", "cifar10"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and re.search(r"fashion-mnist", r.stderr) and "Traceback" not in r.stderr
