@@ -24,7 +24,7 @@ import torch
 from .attacks import pgd
 from .autoattack import AutoAttack
 from .images import quantize_within_budget
-from .reconstruct import whitebox_attack
+from .reconstruct import reconstruct, whitebox_attack
 from .robustify import RobustifyConfig, robustify
 from .threat import ThreatModel
 
@@ -83,6 +83,7 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, threat: T
             xr = quantize_within_budget(xr, xo, threat.norm, threat.delta)
         budget["linf"] = max(budget["linf"], float(res.linf.max()))
         budget["l2"] = max(budget["l2"], float(res.l2.max()))
+        x_hat = None  # Algorithm 3's reconstruction: one per batch, shared by every white-box attack
         for preempt, xb in (("none", xo), ("ours", xr)):
             acc = _accurate(model, xb, yb)
             counts[preempt]["clean"] += int(acc.sum())
@@ -92,8 +93,11 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, threat: T
                 if preempt == "none":
                     counts[preempt][f"whitebox_{name}"] += int(grey.sum())
                 elif cfg.whitebox and name in (cfg.whitebox_attacks or cfg.attacks):
+                    if x_hat is None:
+                        x_hat = reconstruct(model, xr, threat, iterations=cfg.robustify.iterations,
+                                            steps=cfg.robustify.steps)
                     wb = whitebox_attack(model, xr, xo, yb, threat, attack=attack_fn(name, model, threat, cfg.num_classes),
-                                         iterations=cfg.robustify.iterations, steps=cfg.robustify.steps)
+                                         x_hat=x_hat)
                     counts[preempt][f"whitebox_{name}"] += int((acc & wb["robust_worst"]).sum())
                     for eps, ok in wb["robust"].items():
                         by_eps[name, eps] = by_eps.get((name, eps), 0) + int((acc & ok).sum())

@@ -32,7 +32,7 @@ from .attacks import pgd, smoothed_loss
 from .data import fashion_mnist
 from .evaluate import EvalConfig, evaluate, gap_closure
 from .images import quantize_within_budget
-from .reconstruct import default_eps_sweep, whitebox_attack
+from .reconstruct import default_eps_sweep, reconstruct, whitebox_attack
 from .registry import MODELS_DIR, registered_models
 from .robustify import RobustifyConfig, predict_labels, robustify
 from .smoothing import Smooth
@@ -145,6 +145,7 @@ def evaluate_smoothed(model, x, y, threat: ThreatModel, sigma: float, cfg: Repro
     x_rob = quantize_within_budget(res.x_rob, x, threat.norm, threat.delta)
     smooth = Smooth(model, 10, sigma)
     rows = []
+    x_hat = None  # Algorithm 3's reconstruction, shared by both white-box attacks
     for preempt, xb in (("none", x), ("ours", x_rob)):
         acc = predict(xb) == y
         row = {"preempt": preempt, "clean": float(acc.float().mean())}
@@ -155,8 +156,10 @@ def evaluate_smoothed(model, x, y, threat: ThreatModel, sigma: float, cfg: Repro
             if preempt == "none":
                 row[f"whitebox_{name}"] = row[f"greybox_{name}"]
             elif cfg.whitebox:
-                wb = whitebox_attack(model, x_rob, x, y, threat, attack=attack(restarts), predict=predict,
-                                     iterations=rcfg.iterations, steps=rcfg.steps, sigma=sigma, noise_samples=m)
+                if x_hat is None:
+                    x_hat = reconstruct(model, x_rob, threat, iterations=rcfg.iterations, steps=rcfg.steps,
+                                        sigma=sigma, noise_samples=m)
+                wb = whitebox_attack(model, x_rob, x, y, threat, attack=attack(restarts), predict=predict, x_hat=x_hat)
                 row[f"whitebox_{name}"] = float((acc & wb["robust_worst"]).float().mean())
                 row[f"whitebox_{name}_by_eps"] = {f"{e:g}": float((acc & ok).float().mean())
                                                   for e, ok in wb["robust"].items()}
