@@ -94,7 +94,8 @@ def cmd_robustify(args) -> int:
     for k in ("iterations", "steps", "samples"):
         if getattr(args, k) is not None:
             settings[k] = getattr(args, k)
-    cfg = RobustifyConfig(**settings, stop_patience=args.stop_patience, plateau_window=args.plateau_window)
+    cfg = RobustifyConfig(**settings, stop_patience=args.stop_patience, plateau_window=args.plateau_window,
+                          inner_loss=args.inner_loss, aggregate=args.aggregate)
     inputs = []
     for p in args.inputs:
         p = Path(p)
@@ -214,7 +215,8 @@ def cmd_evaluate(args) -> int:
     cfg = EvalConfig(attacks=attacks, whitebox=args.whitebox, batch_size=args.batch_size,
                      robustify=RobustifyConfig(iterations=args.iterations, steps=args.steps, samples=args.samples,
                                                stop_patience=args.stop_patience,
-                                               plateau_window=args.plateau_window))
+                                               plateau_window=args.plateau_window,
+                                               inner_loss=args.inner_loss, aggregate=args.aggregate))
     bar = _bar(len(x), "evaluate", "img")
     rows = evaluate(clf.model, x, y, threat, cfg, model_name=clf.name, device=args.device,
                     progress=lambda k: bar.update(k))
@@ -279,7 +281,8 @@ def cmd_reproduce(args) -> int:
                           whitebox_attacks=wb,
                           device=args.device, seed=args.seed, certify_n=args.certify_n,
                           robustify=RobustifyConfig(stop_patience=args.stop_patience,
-                                                    plateau_window=args.plateau_window))
+                                                    plateau_window=args.plateau_window, samples=args.samples,
+                                                    inner_loss=args.inner_loss, aggregate=args.aggregate))
     keys = list(SETTINGS) if args.norm == "all" else [args.norm]
     for key in keys:
         t0 = time.perf_counter()
@@ -314,6 +317,14 @@ def _add_stop(p) -> None:
                         "below the window before (0: off; with --stop-patience 0, the paper's loop)")
 
 
+def _add_inner(p) -> None:
+    p.add_argument("--inner-loss", choices=["ce", "cw", "targeted"], default="ce",
+                   help="loss of the robustifier's inner attack: ce (the paper), cw margin, or targeted "
+                        "(random start k aims at the k-th runner-up class; use with --samples > 1)")
+    p.add_argument("--aggregate", choices=["mean", "max"], default="mean",
+                   help="how the N random starts' losses drive the update: mean (the paper) or max (worst start)")
+
+
 def _add_model(p):
     p.add_argument("--model", default=DEFAULT_MODEL,
                    help="registered model name or path to a TorchScript/.pt2/state_dict file (default %(default)s)")
@@ -345,6 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", default=None, help="report file (default OUTPUT/report.json)")
     p.add_argument("--no-verify", action="store_true", help="skip the verification attack on the written PNG")
     _add_stop(p)
+    _add_inner(p)
     p.add_argument("--batch-size", type=_positive_int, default=64, help="images of one size robustified together")
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
                    help="the classifier's precision while robustifying (bf16: for large models on a GPU; "
@@ -381,6 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=_positive_int, default=20)
     p.add_argument("--samples", type=_positive_int, default=1)
     _add_stop(p)
+    _add_inner(p)
     p.add_argument("--batch-size", type=_positive_int, default=200)
     p.add_argument("--json", default=None)
     p.add_argument("--markdown", default=None)
@@ -402,6 +415,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
     _add_stop(p)
+    _add_inner(p)
+    p.add_argument("--samples", type=_positive_int, default=1, help="random starts N of the robustifier")
     p.set_defaults(func=cmd_reproduce)
 
     p = sub.add_parser("certify", help="CERTIFY of Cohen et al. on Fashion-MNIST test images")

@@ -41,6 +41,32 @@ from .attacks import ce_loss, pgd_dynamics, smoothed_loss
 from .threat import ThreatModel, flat_norm
 
 Progress = Callable[[int, int, float], None]
+INNER_LOSSES = ("ce", "cw", "targeted")
+
+
+def margin_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Carlini-Wagner margin ``max_{j != y} z_j - z_y`` per image (positive: misclassified)."""
+    z = model(x)
+    other = z.masked_fill(torch.nn.functional.one_hot(y, z.shape[1]).bool(), float("-inf")).amax(1)
+    return other - z.gather(1, y[:, None]).squeeze(1)
+
+
+def targeted_margin(targets: torch.Tensor):
+    """``z_t - z_y`` for a fixed target class per image: the ascent direction of a targeted attack."""
+    def loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        z = model(x)
+        return z.gather(1, targets[:, None]).squeeze(1) - z.gather(1, y[:, None]).squeeze(1)
+    return loss
+
+
+def runner_up_targets(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, n: int) -> torch.Tensor:
+    """For ``x`` repeated n times per image, start k of an image aims at its (k+1)-th most likely wrong class."""
+    with torch.no_grad():
+        z = model(x[::n]) if n > 1 else model(x)
+        z = z.masked_fill(torch.nn.functional.one_hot(y[::n], z.shape[1]).bool(), float("-inf"))
+        ranked = z.argsort(dim=1, descending=True)[:, : z.shape[1] - 1]
+    k = torch.arange(n, device=x.device) % ranked.shape[1]
+    return ranked[:, k].reshape(-1)
 
 
 @dataclass
@@ -62,6 +88,9 @@ class RobustifyConfig:
     stop_loss: float = math.log(2)  # Lemma 1: CE below ln 2 means the attack's end point is still class y
     plateau_window: int = 20  # W > 0: stop an image whose mean loss over the last W iterations is not
     plateau_tol: float = 0.02  # at least this fraction below the mean of the W before (0 turns it off)
+    # The inner attack (issue: protection that holds under AutoAttack, docs/protection.md).
+    inner_loss: str = "ce"  # "ce" (the paper), "cw" (margin), "targeted" (start k aims at the k-th runner-up class)
+    aggregate: str = "mean"  # over the N starts: "mean" (the paper) or "max" (the worst start drives the update)
 
     def resolved(self, threat: ThreatModel) -> "RobustifyConfig":
         """A copy with every ``None`` replaced by its norm-dependent default, validated."""
@@ -77,6 +106,10 @@ class RobustifyConfig:
                 raise ValueError(f"{name} must be at least 1")
         if self.steps < 0:
             raise ValueError("steps must be non-negative")
+        if self.inner_loss not in INNER_LOSSES:
+            raise ValueError(f"inner_loss must be one of {INNER_LOSSES}, got {self.inner_loss!r}")
+        if self.aggregate not in ("mean", "max"):
+            raise ValueError(f"aggregate must be 'mean' or 'max', got {self.aggregate!r}")
         if self.stop_patience < 0 or self.plateau_window < 0:
             raise ValueError("stop_patience and plateau_window must be non-negative")
         lr = self.lr if self.lr is not None else (0.1 if opt == "rmsprop" else 2.5 * threat.delta / self.iterations)
@@ -87,6 +120,7 @@ class RobustifyConfig:
             sigma=self.sigma, noise_samples=self.noise_samples,
             stop_patience=self.stop_patience, stop_loss=self.stop_loss,
             plateau_window=self.plateau_window, plateau_tol=self.plateau_tol,
+            inner_loss=self.inner_loss, aggregate=self.aggregate,
         )
 
 
@@ -180,9 +214,15 @@ def robustify(
     def inner_losses(x_centers_in: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         yy = y_rep.view(b, n)[rows].reshape(-1)
         centers = x_centers_in.repeat_interleave(n, dim=0)
+        attack_loss = loss_fn
+        if cfg.sigma is None and cfg.inner_loss == "cw":
+            attack_loss = margin_loss
+        elif cfg.sigma is None and cfg.inner_loss == "targeted":
+            attack_loss = targeted_margin(runner_up_targets(model, centers.detach(), yy, n))
         x_adv = pgd_dynamics(model, centers, yy, geometry, threat.epsilon, cfg.steps, cfg.inner_step,
-                             loss_fn=loss_fn, second_order=cfg.second_order)
-        return loss_fn(model, x_adv, yy).view(-1, n).mean(dim=1)
+                             loss_fn=attack_loss, second_order=cfg.second_order)
+        per_start = loss_fn(model, x_adv, yy).view(-1, n)
+        return per_start.mean(dim=1) if cfg.aggregate == "mean" else per_start.amax(dim=1)
 
     for it in range(cfg.iterations):
         rows = idx[active]

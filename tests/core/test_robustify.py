@@ -141,3 +141,39 @@ def test_plateau_stopping_stops_images_that_no_longer_improve(adv_model, fmnist_
     assert (flat_norm(res.x_rob - x, "linf") <= 0.1 + 1e-6).all()
     with torch.no_grad():
         assert torch.equal(res.label, adv_model(x).argmax(1))
+
+
+def test_runner_up_targets_are_the_most_likely_wrong_classes(adv_model, fmnist_test):
+    from preempt.core.robustify import runner_up_targets
+
+    x, _ = fmnist_test
+    x = x[:8]
+    with torch.no_grad():
+        z = adv_model(x)
+    y = z.argmax(1)
+    n = 3
+    t = runner_up_targets(adv_model, x.repeat_interleave(n, 0), y.repeat_interleave(n, 0), n).view(8, n)
+    assert not (t == y[:, None]).any()  # never the protected class
+    for i in range(8):
+        wrong = [c for c in z[i].argsort(descending=True).tolist() if c != int(y[i])]
+        assert t[i].tolist() == wrong[:n]  # start k aims at the (k+1)-th most likely wrong class
+
+
+@pytest.mark.parametrize("inner_loss,aggregate", [("cw", "mean"), ("targeted", "max")])
+def test_stronger_inner_attacks_keep_budget_and_label(adv_model, fmnist_test, inner_loss, aggregate):
+    x, _ = fmnist_test
+    x = x[:16]
+    threat = ThreatModel("linf", 0.1)
+    cfg = RobustifyConfig(iterations=6, steps=5, samples=2, inner_loss=inner_loss, aggregate=aggregate)
+    r = robustify(adv_model, x, threat, cfg)
+    assert float(r.linf.max()) <= 0.1 + 1e-6
+    with torch.no_grad():
+        assert torch.equal(adv_model(r.x_rob).argmax(1), r.label)
+
+
+def test_unknown_inner_loss_or_aggregate_is_refused():
+    threat = ThreatModel("linf", 0.1)
+    with pytest.raises(ValueError, match="inner_loss"):
+        RobustifyConfig(inner_loss="dlr").resolved(threat)
+    with pytest.raises(ValueError, match="aggregate"):
+        RobustifyConfig(aggregate="median").resolved(threat)

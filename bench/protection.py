@@ -1,0 +1,124 @@
+"""Protection ablation: which robustifier ingredients hold under AutoAttack (docs/protection.md).
+
+    python -m bench.protection [-n 200] [--model fmnist-linf-ours] [--norm linf] \\
+        [--variants paper,cw,targeted3-max] [--attacks pgd,aa] [--whitebox] [--json F] [--markdown F]
+
+The originals are attacked once; then each variant robustifies the same images (8-bit output, as a
+user would send it) and is attacked by grey-box PGD-20 and AutoAttack (standard), optionally by
+the white-box attack of Algorithms 3-4 (PGD, eps' sweep). Reports accuracy, gap closure, passes
+per image and seconds per image for every variant, in one run on one machine.
+
+Variants (``--variants``): ``paper`` (CE inner loss, mean over N = 1 start: the defaults), ``cw``
+(margin inner loss), ``cw3-max``, ``targeted3-max``, ``targeted3-mean``, ``ce3-max`` (N = 3 starts;
+``targeted`` aims start k at the k-th runner-up class; ``max`` lets the worst start drive the
+update).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from preempt.core.data import fashion_mnist
+from preempt.core.evaluate import attack_fn, gap_closure
+from preempt.core.images import quantize_within_budget
+from preempt.core.models import load_classifier
+from preempt.core.reconstruct import whitebox_attack
+from preempt.core.robustify import RobustifyConfig, robustify
+from preempt.core.threat import ThreatModel
+
+VARIANTS = {
+    "paper": {},
+    "cw": {"inner_loss": "cw"},
+    "cw3-max": {"inner_loss": "cw", "samples": 3, "aggregate": "max"},
+    "ce3-max": {"samples": 3, "aggregate": "max"},
+    "targeted3-mean": {"inner_loss": "targeted", "samples": 3},
+    "targeted3-max": {"inner_loss": "targeted", "samples": 3, "aggregate": "max"},
+}
+
+
+def accuracy(model, x, y, threat, attacks, batch, whitebox_of=None) -> dict:
+    with torch.no_grad():
+        ok = torch.cat([model(x[i:i + batch]).argmax(1) == y[i:i + batch] for i in range(0, len(x), batch)])
+    out = {"clean": float(ok.float().mean())}
+    for name in attacks:
+        atk = attack_fn(name, model, threat)
+        kept = torch.cat([model(atk(x[i:i + batch], y[i:i + batch], threat.epsilon)).argmax(1) == y[i:i + batch]
+                          for i in range(0, len(x), batch)])
+        out[f"greybox_{name}"] = float((ok & kept).float().mean())
+    if whitebox_of is not None:
+        wb = whitebox_attack(model, x, whitebox_of, y, threat)
+        out["whitebox_pgd"] = float((ok & wb["robust_worst"]).float().mean())
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("-n", type=int, default=200)
+    ap.add_argument("--model", default="fmnist-linf-ours")
+    ap.add_argument("--norm", choices=["linf", "l2"], default="linf")
+    ap.add_argument("--epsilon", type=float, default=None, help="default 0.1 (linf) or 1.5 (l2); delta = epsilon")
+    ap.add_argument("--variants", default="paper,cw,targeted3-max")
+    ap.add_argument("--attacks", default="pgd,aa")
+    ap.add_argument("--whitebox", action="store_true", help="also the white-box PGD of Algorithms 3-4")
+    ap.add_argument("--batch", type=int, default=200)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", default=None)
+    ap.add_argument("--markdown", default=None)
+    args = ap.parse_args(argv)
+    variants = [v for v in args.variants.split(",") if v]
+    if set(variants) - set(VARIANTS):
+        ap.error(f"unknown variants {sorted(set(variants) - set(VARIANTS))}; choose from {sorted(VARIANTS)}")
+    attacks = [a for a in args.attacks.split(",") if a]
+    eps = args.epsilon or (0.1 if args.norm == "linf" else 1.5)
+    threat = ThreatModel(args.norm, eps, eps)
+    x, y = fashion_mnist("test", limit=args.n)
+    x, y = x.to(args.device), y.to(args.device)
+    model = load_classifier(args.model, device=args.device).model
+    with torch.no_grad():
+        labels = torch.cat([model(x[i:i + args.batch]).argmax(1) for i in range(0, len(x), args.batch)])
+    torch.manual_seed(args.seed)
+    rows = [{"variant": "none", **accuracy(model, x, y, threat, attacks, args.batch)}]
+    print(rows[-1], flush=True)
+    for v in variants:
+        torch.manual_seed(args.seed)
+        cfg = RobustifyConfig(**VARIANTS[v])
+        t0 = time.perf_counter()
+        outs, passes = [], 0.0
+        for i in range(0, len(x), args.batch):
+            r = robustify(model, x[i:i + args.batch], threat, cfg, y=labels[i:i + args.batch])
+            outs.append(quantize_within_budget(r.x_rob, x[i:i + args.batch], threat.norm, threat.delta))
+            passes += r.passes * len(outs[-1])
+        sec = time.perf_counter() - t0
+        xr = torch.cat(outs)
+        row = {"variant": v, "config": VARIANTS[v], "passes_per_image": round(passes / len(x), 1),
+               "seconds_per_image": round(sec / len(x), 4),
+               **accuracy(model, xr, y, threat, attacks, args.batch, whitebox_of=x if args.whitebox else None)}
+        for a in attacks:
+            row[f"gap_closure_{a}"] = gap_closure(rows[0], row, f"greybox_{a}")
+        rows.append(row)
+        print(row, flush=True)
+    cols = ["variant", "passes_per_image", "seconds_per_image", "clean"] + [f"greybox_{a}" for a in attacks] + \
+        (["whitebox_pgd"] if args.whitebox else []) + [f"gap_closure_{a}" for a in attacks]
+    md = "| " + " | ".join(cols) + " |\n|" + "---|" * len(cols) + "\n"
+    for r in rows:
+        md += "| " + " | ".join("-" if r.get(c) is None else (f"{r[c]:.3f}" if isinstance(r[c], float) else str(r[c]))
+                                for c in cols) + " |\n"
+    print(md)
+    result = {"n_images": len(x), "model": args.model, "norm": args.norm, "epsilon": eps, "delta": eps,
+              "device": args.device, "threads": torch.get_num_threads(), "rows": rows}
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    if args.markdown:
+        Path(args.markdown).write_text(md)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
