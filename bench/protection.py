@@ -17,12 +17,11 @@ update).
 from __future__ import annotations
 
 import argparse
-import json
 import time
-from pathlib import Path
 
 import torch
 
+from bench import emit
 from preempt.core.data import fashion_mnist
 from preempt.core.evaluate import attack_fn, gap_closure
 from preempt.core.images import quantize_within_budget
@@ -105,18 +104,9 @@ def main(argv=None) -> int:
         print(row, flush=True)
     cols = ["variant", "passes_per_image", "seconds_per_image", "clean"] + [f"greybox_{a}" for a in attacks] + \
         (["whitebox_pgd"] if args.whitebox else []) + [f"gap_closure_{a}" for a in attacks]
-    md = "| " + " | ".join(cols) + " |\n|" + "---|" * len(cols) + "\n"
-    for r in rows:
-        md += "| " + " | ".join("-" if r.get(c) is None else (f"{r[c]:.3f}" if isinstance(r[c], float) else str(r[c]))
-                                for c in cols) + " |\n"
-    print(md)
     result = {"n_images": len(x), "model": args.model, "norm": args.norm, "epsilon": eps, "delta": eps,
               "device": args.device, "threads": torch.get_num_threads(), "rows": rows}
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-    if args.markdown:
-        Path(args.markdown).write_text(md)
+    emit(result, cols, args.json, args.markdown)
     return 0
 
 

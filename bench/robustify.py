@@ -29,14 +29,13 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from bench import emit
 from preempt.core.data import fashion_mnist
 from preempt.core.evaluate import attack_fn, gap_closure
 from preempt.core.models import Autocast, build_model, load_classifier
@@ -186,16 +185,7 @@ def main(argv=None) -> int:
               "threads": torch.get_num_threads(), "cpus": os.cpu_count(), "rows": rows}
     cols = ["method", "images_per_s", "speedup_vs_plain", "passes_per_image", "clean"] + \
            [f"greybox_{a}" for a in attacks] + [f"gap_closure_{a}" for a in attacks]
-    md = "| " + " | ".join(cols) + " |\n|" + "---|" * len(cols) + "\n"
-    for r in rows:
-        md += "| " + " | ".join("-" if r.get(c) is None else (f"{r[c]:.3f}" if isinstance(r[c], float) else str(r[c]))
-                                for c in cols) + " |\n"
-    print(md)
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-    if args.markdown:
-        Path(args.markdown).write_text(md)
+    emit(result, cols, args.json, args.markdown)
     return 0
 
 
