@@ -12,11 +12,16 @@ Variants (``--variants``): ``paper`` (CE inner loss, mean over N = 1 start: the 
 (margin inner loss), ``cw3-max``, ``targeted3-max``, ``targeted3-mean``, ``ce3-max`` (N = 3 starts;
 ``targeted`` aims start k at the k-th runner-up class; ``max`` lets the worst start drive the
 update).
+
+For each variant the images an attack breaks are split by the robustifier's own final robust loss:
+above ln 2 (it found no robust point: a search or model limit) or below (its check was fooled: a
+weakness of the inner attack that a stronger attack or check would catch).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import time
 
 import torch
@@ -40,7 +45,10 @@ VARIANTS = {
 }
 
 
-def accuracy(model, x, y, threat, attacks, batch, whitebox_of=None) -> dict:
+def accuracy(model, x, y, threat, attacks, batch, whitebox_of=None, robust_loss=None) -> dict:
+    """Accuracies; with ``robust_loss`` (the robustifier's final loss per image) also how many of the
+    correctly classified images each attack breaks with that loss above ln 2 (the robustifier knew it
+    had found no robust point) and below (its own check was fooled)."""
     with torch.no_grad():
         ok = torch.cat([model(x[i:i + batch]).argmax(1) == y[i:i + batch] for i in range(0, len(x), batch)])
     out = {"clean": float(ok.float().mean())}
@@ -49,6 +57,10 @@ def accuracy(model, x, y, threat, attacks, batch, whitebox_of=None) -> dict:
         kept = torch.cat([model(atk(x[i:i + batch], y[i:i + batch], threat.epsilon)).argmax(1) == y[i:i + batch]
                           for i in range(0, len(x), batch)])
         out[f"greybox_{name}"] = float((ok & kept).float().mean())
+        if robust_loss is not None:
+            broken = ok & ~kept
+            out[f"broken_{name}_loss_above_ln2"] = int((broken & (robust_loss >= math.log(2))).sum())
+            out[f"broken_{name}_loss_below_ln2"] = int((broken & (robust_loss < math.log(2))).sum())
     if whitebox_of is not None:
         wb = whitebox_attack(model, x, whitebox_of, y, threat)
         out["whitebox_pgd"] = float((ok & wb["robust_worst"]).float().mean())
@@ -88,22 +100,25 @@ def main(argv=None) -> int:
         torch.manual_seed(args.seed)
         cfg = RobustifyConfig(**VARIANTS[v])
         t0 = time.perf_counter()
-        outs, passes = [], 0.0
+        outs, losses, passes = [], [], 0.0
         for i in range(0, len(x), args.batch):
             r = robustify(model, x[i:i + args.batch], threat, cfg, y=labels[i:i + args.batch])
             outs.append(quantize_within_budget(r.x_rob, x[i:i + args.batch], threat.norm, threat.delta))
             passes += r.passes * len(outs[-1])
+            losses.append(r.robust_loss)
         sec = time.perf_counter() - t0
         xr = torch.cat(outs)
         row = {"variant": v, "config": VARIANTS[v], "passes_per_image": round(passes / len(x), 1),
                "seconds_per_image": round(sec / len(x), 4),
-               **accuracy(model, xr, y, threat, attacks, args.batch, whitebox_of=x if args.whitebox else None)}
+               **accuracy(model, xr, y, threat, attacks, args.batch, whitebox_of=x if args.whitebox else None,
+                          robust_loss=torch.cat(losses))}
         for a in attacks:
             row[f"gap_closure_{a}"] = gap_closure(rows[0], row, f"greybox_{a}")
         rows.append(row)
         print(row, flush=True)
     cols = ["variant", "passes_per_image", "seconds_per_image", "clean"] + [f"greybox_{a}" for a in attacks] + \
-        (["whitebox_pgd"] if args.whitebox else []) + [f"gap_closure_{a}" for a in attacks]
+        (["whitebox_pgd"] if args.whitebox else []) + [f"gap_closure_{a}" for a in attacks] + \
+        [f"broken_{a}_loss_{s}_ln2" for a in attacks for s in ("above", "below")]
     result = {"n_images": len(x), "model": args.model, "norm": args.norm, "epsilon": eps, "delta": eps,
               "device": args.device, "threads": torch.get_num_threads(), "rows": rows}
     emit(result, cols, args.json, args.markdown)
