@@ -62,7 +62,7 @@ def targeted_margin(targets: torch.Tensor):
 def runner_up_targets(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, n: int) -> torch.Tensor:
     """For ``x`` repeated n times per image, start k of an image aims at its (k+1)-th most likely wrong class."""
     with torch.no_grad():
-        z = model(x[::n]) if n > 1 else model(x)
+        z = model(x[::n])
         z = z.masked_fill(torch.nn.functional.one_hot(y[::n], z.shape[1]).bool(), float("-inf"))
         ranked = z.argsort(dim=1, descending=True)[:, : z.shape[1] - 1]
     k = torch.arange(n, device=x.device) % ranked.shape[1]
