@@ -19,3 +19,36 @@ def emit(result: dict, cols: list, json_path=None, markdown_path=None) -> str:
     if markdown_path:
         Path(markdown_path).write_text(md)
     return md
+
+
+def robust_accuracy(model, x, y, threat, attacks, batch: int, whitebox_of=None, robust_loss=None) -> dict:
+    """Clean and grey-box accuracy of ``x`` (an image counts when correct and the attack fails), batched.
+
+    ``whitebox_of`` (the originals): also the white-box PGD of Algorithms 3-4. ``robust_loss`` (the
+    robustifier's final loss per image): also how many correctly classified images each attack breaks
+    with that loss above ln 2 (the robustifier knew it had found no robust point) and below (its own
+    check was fooled).
+    """
+    import math
+
+    import torch
+
+    from preempt.core.evaluate import attack_fn
+    from preempt.core.reconstruct import whitebox_attack
+
+    with torch.no_grad():
+        ok = torch.cat([model(x[i:i + batch]).argmax(1) == y[i:i + batch] for i in range(0, len(x), batch)])
+    out = {"clean": float(ok.float().mean())}
+    for name in attacks:
+        atk = attack_fn(name, model, threat)
+        kept = torch.cat([model(atk(x[i:i + batch], y[i:i + batch], threat.epsilon)).argmax(1) == y[i:i + batch]
+                          for i in range(0, len(x), batch)])
+        out[f"greybox_{name}"] = float((ok & kept).float().mean())
+        if robust_loss is not None:
+            broken = ok & ~kept
+            out[f"broken_{name}_loss_above_ln2"] = int((broken & (robust_loss >= math.log(2))).sum())
+            out[f"broken_{name}_loss_below_ln2"] = int((broken & (robust_loss < math.log(2))).sum())
+    if whitebox_of is not None:
+        wb = whitebox_attack(model, x, whitebox_of, y, threat)
+        out["whitebox_pgd"] = float((ok & wb["robust_worst"]).float().mean())
+    return out

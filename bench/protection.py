@@ -21,17 +21,15 @@ weakness of the inner attack that a stronger attack or check would catch).
 from __future__ import annotations
 
 import argparse
-import math
 import time
 
 import torch
 
-from bench import emit
+from bench import emit, robust_accuracy
 from preempt.core.data import fashion_mnist
-from preempt.core.evaluate import attack_fn, gap_closure
+from preempt.core.evaluate import gap_closure
 from preempt.core.images import quantize_within_budget
 from preempt.core.models import load_classifier
-from preempt.core.reconstruct import whitebox_attack
 from preempt.core.robustify import RobustifyConfig, robustify
 from preempt.core.threat import ThreatModel
 
@@ -43,28 +41,6 @@ VARIANTS = {
     "targeted3-mean": {"inner_loss": "targeted", "samples": 3},
     "targeted3-max": {"inner_loss": "targeted", "samples": 3, "aggregate": "max"},
 }
-
-
-def accuracy(model, x, y, threat, attacks, batch, whitebox_of=None, robust_loss=None) -> dict:
-    """Accuracies; with ``robust_loss`` (the robustifier's final loss per image) also how many of the
-    correctly classified images each attack breaks with that loss above ln 2 (the robustifier knew it
-    had found no robust point) and below (its own check was fooled)."""
-    with torch.no_grad():
-        ok = torch.cat([model(x[i:i + batch]).argmax(1) == y[i:i + batch] for i in range(0, len(x), batch)])
-    out = {"clean": float(ok.float().mean())}
-    for name in attacks:
-        atk = attack_fn(name, model, threat)
-        kept = torch.cat([model(atk(x[i:i + batch], y[i:i + batch], threat.epsilon)).argmax(1) == y[i:i + batch]
-                          for i in range(0, len(x), batch)])
-        out[f"greybox_{name}"] = float((ok & kept).float().mean())
-        if robust_loss is not None:
-            broken = ok & ~kept
-            out[f"broken_{name}_loss_above_ln2"] = int((broken & (robust_loss >= math.log(2))).sum())
-            out[f"broken_{name}_loss_below_ln2"] = int((broken & (robust_loss < math.log(2))).sum())
-    if whitebox_of is not None:
-        wb = whitebox_attack(model, x, whitebox_of, y, threat)
-        out["whitebox_pgd"] = float((ok & wb["robust_worst"]).float().mean())
-    return out
 
 
 def main(argv=None) -> int:
@@ -94,7 +70,7 @@ def main(argv=None) -> int:
     with torch.no_grad():
         labels = torch.cat([model(x[i:i + args.batch]).argmax(1) for i in range(0, len(x), args.batch)])
     torch.manual_seed(args.seed)
-    rows = [{"variant": "none", **accuracy(model, x, y, threat, attacks, args.batch)}]
+    rows = [{"variant": "none", **robust_accuracy(model, x, y, threat, attacks, args.batch)}]
     print(rows[-1], flush=True)
     for v in variants:
         torch.manual_seed(args.seed)
@@ -110,8 +86,8 @@ def main(argv=None) -> int:
         xr = torch.cat(outs)
         row = {"variant": v, "config": VARIANTS[v], "passes_per_image": round(passes / len(x), 1),
                "seconds_per_image": round(sec / len(x), 4),
-               **accuracy(model, xr, y, threat, attacks, args.batch, whitebox_of=x if args.whitebox else None,
-                          robust_loss=torch.cat(losses))}
+               **robust_accuracy(model, xr, y, threat, attacks, args.batch,
+                                 whitebox_of=x if args.whitebox else None, robust_loss=torch.cat(losses))}
         for a in attacks:
             row[f"gap_closure_{a}"] = gap_closure(rows[0], row, f"greybox_{a}")
         rows.append(row)

@@ -35,9 +35,9 @@ import time
 import torch
 import torch.nn.functional as F
 
-from bench import emit
+from bench import emit, robust_accuracy
 from preempt.core.data import fashion_mnist
-from preempt.core.evaluate import attack_fn, gap_closure
+from preempt.core.evaluate import gap_closure
 from preempt.core.models import Autocast, build_model, load_classifier
 from preempt.core.robustify import RobustifyConfig, robustify
 from preempt.core.threat import ThreatModel
@@ -66,19 +66,6 @@ def plain_robustify(model, x_o, y, eps: float, delta: float, iterations: int = 1
         F.cross_entropy(model(x_adv), y, reduction="sum").backward()
         opt.step()
     return (lo + (torch.tanh(w) + 1) / 2 * (hi - lo)).detach()
-
-
-def robust_accuracy(model, x, y, threat, attacks, batch: int) -> dict:
-    out = {}
-    with torch.no_grad():
-        correct = model(x).argmax(1) == y
-    out["clean"] = float(correct.float().mean())
-    for name in attacks:
-        atk = attack_fn(name, model, threat)
-        ok = torch.cat([model(atk(x[i:i + batch], y[i:i + batch], threat.epsilon)).argmax(1) == y[i:i + batch]
-                        for i in range(0, len(x), batch)])
-        out[f"greybox_{name}"] = float((ok & correct).float().mean())
-    return out
 
 
 def main(argv=None) -> int:
