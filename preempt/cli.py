@@ -132,7 +132,7 @@ def cmd_robustify(args) -> int:
         t0 = time.perf_counter()
         results = protect_images(fast.model, [decoded[p] for p in paths], threat, cfg, device=args.device,
                                  verify=not args.no_verify, progress=lambda i, n, loss: bar.update(1),
-                                 judge=clf.model)
+                                 judge=clf.model, verify_attack=args.verify)
         seconds = (time.perf_counter() - t0) / len(paths)
         for path, result in zip(paths, results):
             name = out_names[path]
@@ -174,7 +174,7 @@ def cmd_train(args) -> int:
         threat = _threat(args)
     try:
         cfg = TrainConfig(method=args.method, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                          attack_steps=args.attack_steps, attack_step=args.attack_step,
+                          lr_schedule=args.lr_schedule, attack_steps=args.attack_steps, attack_step=args.attack_step,
                           descent_steps=args.descent_steps, descent_step=args.descent_step,
                           sigma=args.sigma, seed=args.seed)
     except ValueError as e:
@@ -354,6 +354,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=_positive_int, default=None, help="inner PGD steps T")
     p.add_argument("--samples", type=_positive_int, default=None, help="random starts N")
     p.add_argument("--report", default=None, help="report file (default OUTPUT/report.json)")
+    p.add_argument("--verify", choices=["apgd", "pgd"], default="apgd",
+                   help="the check on the written PNG: apgd = PGD-20 x 5 then APGD-CE and APGD-T (default), "
+                        "pgd = PGD-20 x 5 only (faster, weaker)")
     p.add_argument("--no-verify", action="store_true", help="skip the verification attack on the written PNG")
     _add_stop(p)
     _add_inner(p)
@@ -371,6 +374,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=_positive_int, default=10)
     p.add_argument("--batch-size", type=_positive_int, default=128)
     p.add_argument("--lr", type=_positive_float, default=1e-3)
+    p.add_argument("--lr-schedule", choices=["constant", "cosine"], default="constant",
+                   help="Adam's learning rate: constant, or cosine-annealed to 0 over all epochs")
     p.add_argument("--attack-steps", type=_positive_int, default=10, help="K")
     p.add_argument("--attack-step", type=_positive_float, default=None, help="alpha (default eps/4)")
     p.add_argument("--descent-steps", type=_positive_int, default=1, help="L (preemptive)")

@@ -30,6 +30,7 @@ from .attacks import pgd
 from .threat import ThreatModel
 
 METHODS = ("preemptive", "adversarial", "gaussian", "standard")
+LR_SCHEDULES = ("constant", "cosine")
 
 
 @dataclass
@@ -38,6 +39,7 @@ class TrainConfig:
     epochs: int = 10
     batch_size: int = 128
     lr: float = 1e-3  # Adam
+    lr_schedule: str = "constant"  # "constant" or "cosine" (annealed per batch to 0 over all epochs)
     attack_steps: int = 10  # K
     attack_step: Optional[float] = None  # alpha; None -> eps / 4
     descent_steps: int = 1  # L (preemptive)
@@ -49,6 +51,8 @@ class TrainConfig:
     def __post_init__(self):
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("epochs and batch_size must be at least 1")
 
@@ -125,6 +129,9 @@ def train(
     n = len(x_train)
     steps_per_epoch = (n + cfg.batch_size - 1) // cfg.batch_size
     total = cfg.epochs * steps_per_epoch
+    sched = None
+    if cfg.lr_schedule == "cosine":
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
     history, best, best_state, step = [], -1.0, None, 0
     gen = torch.Generator().manual_seed(cfg.seed)
     for epoch in range(cfg.epochs):
@@ -142,12 +149,15 @@ def train(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if sched is not None:
+                sched.step()
             loss_sum += float(loss.detach()) * len(idx)
             correct += float((logits.argmax(1) == yb).sum())
             step += 1
             if progress is not None:
                 progress(step, total, {"epoch": epoch + 1, "loss": float(loss.detach())})
-        record = {"epoch": epoch + 1, "loss": loss_sum / n, "train_accuracy": correct / n}
+        record = {"epoch": epoch + 1, "loss": loss_sum / n, "train_accuracy": correct / n,
+                  "lr": opt.param_groups[0]["lr"]}  # at the end of the epoch
         if x_val is not None:
             record.update(validation_metric(model, x_val, y_val, threat, cfg))
             if record["selection_metric"] > best:

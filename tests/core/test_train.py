@@ -36,3 +36,25 @@ def test_adversarial_training_keeps_the_best_epoch(fmnist_train, fmnist_test):
                            ThreatModel("linf", 0.1), fmnist_test[0][:100], fmnist_test[1][:100])
     best = max(history, key=lambda h: h["selection_metric"])
     assert best.get("best")
+
+
+def test_cosine_schedule_anneals_the_learning_rate_and_still_learns(fmnist_train, fmnist_test):
+    x, y = fmnist_train[0][:1200], fmnist_train[1][:1200]
+    xt, yt = fmnist_test
+    runs = {}
+    for schedule in ("constant", "cosine"):
+        torch.manual_seed(0)
+        cfg = TrainConfig(method="standard", epochs=3, batch_size=64, lr=2e-3, lr_schedule=schedule)
+        model, history = train(build_model("small-cnn"), x, y, cfg)
+        with torch.no_grad():
+            runs[schedule] = (history, float((model(xt).argmax(1) == yt).float().mean()))
+    const, cos = runs["constant"][0], runs["cosine"][0]
+    assert all(h["lr"] == 2e-3 for h in const)
+    assert cos[0]["lr"] > cos[1]["lr"] > cos[2]["lr"] and cos[2]["lr"] < 1e-8
+    assert runs["cosine"][1] > 0.6, runs
+    try:
+        TrainConfig(lr_schedule="step")
+    except ValueError as e:
+        assert "lr_schedule" in str(e)
+    else:
+        raise AssertionError("an unknown schedule was accepted")
