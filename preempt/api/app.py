@@ -61,15 +61,18 @@ def _number(field: str, raw: Optional[str], default: Optional[float], lo: float,
     return v
 
 
-def _boolean(field: str, raw: Optional[str], default: bool) -> bool:
-    if raw is None or raw == "":
-        return default
+def _verify(raw: Optional[str]) -> str:
+    """``verify``: the check run on the protected file: apgd (default; also true), pgd (faster, weaker) or off."""
+    if raw is None or raw.strip() == "":
+        return "apgd"
     low = raw.strip().lower()
-    if low in ("1", "true", "yes", "on"):
-        return True
+    if low in ("1", "true", "yes", "on", "apgd"):
+        return "apgd"
+    if low == "pgd":
+        return "pgd"
     if low in ("0", "false", "no", "off"):
-        return False
-    raise _bad(field, f"{raw!r} is not a boolean (true or false)")
+        return "off"
+    raise _bad("verify", f"{raw!r} is not one of true (= apgd), apgd, pgd, false")
 
 
 def _model(raw: Optional[str], cards: dict) -> str:
@@ -220,7 +223,7 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
         params = {"model": name, "preset": preset, **_threat(cards[name], norm, epsilon, delta), **PRESETS[preset]}
         params["iterations"] = _number("iterations", iterations, params["iterations"], 1, settings.max_iterations,
                                        integer=True)
-        params["verify"] = _boolean("verify", verify, True)
+        params["verify"] = _verify(verify)
         data, info = await _read_image(file)
         params["image"] = info
         batch = "|".join(str(params[k]) for k in ("model", "norm", "epsilon", "delta", "iterations", "steps",

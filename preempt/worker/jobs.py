@@ -25,7 +25,7 @@ import torch
 from preempt.core.evaluate import attack_fn
 from preempt.core.images import ImageError, decode, encode_png, quantize_within_budget
 from preempt.core.models import LoadedClassifier, load_classifier
-from preempt.core.protect import protect_images
+from preempt.core.protect import DEFAULT_VERIFY, protect_images
 from preempt.core.reconstruct import whitebox_attack
 from preempt.core.robustify import RobustifyConfig
 from preempt.core.smoothing import ABSTAIN, Smooth
@@ -89,6 +89,8 @@ def run_robustify(store: JobStore, models: ModelCache, jobs: List[dict], max_pix
     clf = models.get(p["model"])
     threat = ThreatModel(p["norm"], p["epsilon"], p["delta"])
     cfg = RobustifyConfig(iterations=p["iterations"], steps=p["steps"], samples=p["samples"])
+    # "apgd" | "pgd" | "off"; jobs queued before verify took a name carry True or False
+    verify = {True: DEFAULT_VERIFY, False: "off"}.get(p.get("verify", True), p.get("verify"))
     groups: Dict[tuple, list] = {}
     for job in jobs:
         try:
@@ -102,8 +104,9 @@ def run_robustify(store: JobStore, models: ModelCache, jobs: List[dict], max_pix
         started = time.perf_counter()
         try:
             results = protect_images(models.robustifier(p["model"]).model, [img for _, img in group], threat, cfg,
-                                     device=models.device, verify=p.get("verify", True),
-                                     progress=ProgressWriter(store, ids), judge=clf.model)
+                                     device=models.device, verify=verify != "off",
+                                     progress=ProgressWriter(store, ids), judge=clf.model,
+                                     verify_attack=verify if verify != "off" else DEFAULT_VERIFY)
         except Cancelled:
             log.info("batch %s cancelled", ids)
             continue
