@@ -42,13 +42,18 @@ from .threat import ThreatModel, flat_norm
 
 Progress = Callable[[int, int, float], None]
 INNER_LOSSES = ("ce", "cw", "targeted")
+OUTER_LOSSES = ("ce", "cw")
+
+
+def margin(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``max_{j != y} z_j - z_y`` of logits ``z`` per image (positive: misclassified)."""
+    other = z.masked_fill(torch.nn.functional.one_hot(y, z.shape[1]).bool(), float("-inf")).amax(1)
+    return other - z.gather(1, y[:, None]).squeeze(1)
 
 
 def margin_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Carlini-Wagner margin ``max_{j != y} z_j - z_y`` per image (positive: misclassified)."""
-    z = model(x)
-    other = z.masked_fill(torch.nn.functional.one_hot(y, z.shape[1]).bool(), float("-inf")).amax(1)
-    return other - z.gather(1, y[:, None]).squeeze(1)
+    return margin(model(x), y)
 
 
 def targeted_margin(targets: torch.Tensor):
@@ -85,12 +90,15 @@ class RobustifyConfig:
     noise_samples: int = 8  # M, Gaussian draws per randomized-PGD step
     # Early stopping per image (see the module docstring); patience 0 turns it off.
     stop_patience: int = 3  # consecutive outer iterations with inner-attack loss below stop_loss
-    stop_loss: float = math.log(2)  # Lemma 1: CE below ln 2 means the attack's end point is still class y
+    stop_loss: Optional[float] = None  # None -> ln 2 for outer_loss "ce" (Lemma 1: CE below ln 2 means the
+    # attack's end point is still class y), 0 for "cw" (a negative margin means the same, exactly)
     plateau_window: int = 20  # W > 0: stop an image whose mean loss over the last W iterations is not
     plateau_tol: float = 0.02  # at least this fraction below the mean of the W before (0 turns it off)
     # The inner attack (issue: protection that holds under AutoAttack, docs/protection.md).
     inner_loss: str = "ce"  # "ce" (the paper), "cw" (margin), "targeted" (start k aims at the k-th runner-up class)
     aggregate: str = "mean"  # over the N starts: "mean" (the paper) or "max" (the worst start drives the update)
+    outer_loss: str = "ce"  # what the outer update descends at the attack's end point: "ce" (the paper) or
+    # "cw" (the margin max_{j != y} z_j - z_y: the decision itself, not the confidence; see docs/protection.md)
 
     def resolved(self, threat: ThreatModel) -> "RobustifyConfig":
         """A copy with every ``None`` replaced by its norm-dependent default, validated."""
@@ -108,19 +116,24 @@ class RobustifyConfig:
             raise ValueError("steps must be non-negative")
         if self.inner_loss not in INNER_LOSSES:
             raise ValueError(f"inner_loss must be one of {INNER_LOSSES}, got {self.inner_loss!r}")
+        if self.outer_loss not in OUTER_LOSSES:
+            raise ValueError(f"outer_loss must be one of {OUTER_LOSSES}, got {self.outer_loss!r}")
+        if self.outer_loss != "ce" and self.sigma is not None:
+            raise ValueError("a smoothed classifier's robustification descends the smoothed cross-entropy (outer_loss='ce')")
         if self.aggregate not in ("mean", "max"):
             raise ValueError(f"aggregate must be 'mean' or 'max', got {self.aggregate!r}")
         if self.stop_patience < 0 or self.plateau_window < 0:
             raise ValueError("stop_patience and plateau_window must be non-negative")
         lr = self.lr if self.lr is not None else (0.1 if opt == "rmsprop" else 2.5 * threat.delta / self.iterations)
         step = self.inner_step if self.inner_step is not None else threat.default_inner_step()
+        stop_loss = self.stop_loss if self.stop_loss is not None else (math.log(2) if self.outer_loss == "ce" else 0.0)
         return RobustifyConfig(
             iterations=self.iterations, steps=self.steps, samples=self.samples, inner_step=step,
             optimizer=opt, lr=lr, init=self.init, second_order=self.second_order,
             sigma=self.sigma, noise_samples=self.noise_samples,
-            stop_patience=self.stop_patience, stop_loss=self.stop_loss,
+            stop_patience=self.stop_patience, stop_loss=stop_loss,
             plateau_window=self.plateau_window, plateau_tol=self.plateau_tol,
-            inner_loss=self.inner_loss, aggregate=self.aggregate,
+            inner_loss=self.inner_loss, aggregate=self.aggregate, outer_loss=self.outer_loss,
         )
 
 
@@ -130,7 +143,7 @@ class RobustifyResult:
 
     x_rob: torch.Tensor
     label: torch.Tensor  # the label protected: c(x_orig) unless given
-    robust_loss: torch.Tensor  # mean inner-attack loss at the last outer iteration
+    robust_loss: torch.Tensor  # cross-entropy at the inner attack's end points (mean over starts), last iteration
     linf: torch.Tensor  # ||x_rob - x_orig||_inf
     l2: torch.Tensor  # ||x_rob - x_orig||_2
     passes: float  # forward-backward passes of the classifier per image (mean over the batch)
@@ -211,7 +224,8 @@ def robustify(
     idx = torch.arange(b, device=x_orig.device)
     trace = torch.zeros(b, cfg.iterations, device=x_orig.device)  # each image's loss per iteration
 
-    def inner_losses(x_centers_in: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    def inner_losses(x_centers_in: torch.Tensor, rows: torch.Tensor) -> tuple:
+        """(objective, cross-entropy) at the inner attack's end points, aggregated over the N starts."""
         yy = y_rep.view(b, n)[rows].reshape(-1)
         centers = x_centers_in.repeat_interleave(n, dim=0)
         attack_loss = loss_fn
@@ -221,8 +235,13 @@ def robustify(
             attack_loss = targeted_margin(runner_up_targets(model, centers.detach(), yy, n))
         x_adv = pgd_dynamics(model, centers, yy, geometry, threat.epsilon, cfg.steps, cfg.inner_step,
                              loss_fn=attack_loss, second_order=cfg.second_order)
-        per_start = loss_fn(model, x_adv, yy).view(-1, n)
-        return per_start.mean(dim=1) if cfg.aggregate == "mean" else per_start.amax(dim=1)
+        if cfg.outer_loss == "cw":
+            z = model(x_adv)  # one forward pass gives the objective and the reported cross-entropy
+            ce, objective = torch.nn.functional.cross_entropy(z, yy, reduction="none"), margin(z, yy)
+        else:
+            ce = objective = loss_fn(model, x_adv, yy)
+        pick = (lambda t: t.view(-1, n).mean(dim=1)) if cfg.aggregate == "mean" else (lambda t: t.view(-1, n).amax(dim=1))
+        return pick(objective), pick(ce).detach()
 
     for it in range(cfg.iterations):
         rows = idx[active]
@@ -234,21 +253,21 @@ def robustify(
         else:
             x_var = x_rob.detach().requires_grad_(True)
         with torch.enable_grad():
-            losses = inner_losses(x_var if every else x_var[rows], rows)
+            objective, losses = inner_losses(x_var if every else x_var[rows], rows)
             if cfg.optimizer == "rmsprop":
                 # Stopped images get no gradient; RMSprop without momentum then leaves them where they are.
                 opt.zero_grad(set_to_none=True)
-                losses.sum().backward()
+                objective.sum().backward()
                 opt.step()
             else:
-                (grad,) = torch.autograd.grad(losses.sum(), x_var)
+                (grad,) = torch.autograd.grad(objective.sum(), x_var)
                 with torch.no_grad():
                     moved = geometry.project(geometry.step(x_rob[rows], (grad if maximize else -grad)[rows], cfg.lr),
                                              x_orig[rows], delta)
                     x_rob = x_rob.clone()
                     x_rob[rows] = moved
         passes[rows] += (cfg.steps + 1) * per_pass
-        losses = losses.detach()
+        objective = objective.detach()
         last_loss[rows] = losses
         trace[rows, it] = losses
         history.append(float(losses.mean()))
@@ -260,16 +279,16 @@ def robustify(
             active[flat] = False
             stopped_at[flat] = it + 1
             keep = active[rows]
-            rows, losses = rows[keep], losses[keep]
+            rows, objective = rows[keep], objective[keep]
         if cfg.stop_patience and not maximize and it + 1 < cfg.iterations:  # the last iteration ends anyway
-            calm[rows] = torch.where(losses < cfg.stop_loss, calm[rows] + 1, torch.zeros_like(calm[rows]))
+            calm[rows] = torch.where(objective < cfg.stop_loss, calm[rows] + 1, torch.zeros_like(calm[rows]))
             ready = rows[calm[rows] >= cfg.stop_patience]
             if ready.numel():
                 # Confirm with an attack from a fresh random start on the current point.
                 with torch.no_grad():
                     x_now = (current() if cfg.optimizer == "rmsprop" else x_rob)[ready].detach()
                 with torch.enable_grad():
-                    confirm = inner_losses(x_now, ready).detach()
+                    confirm = inner_losses(x_now, ready)[0].detach()
                 passes[ready] += (cfg.steps + 1) * per_pass
                 done = ready[confirm < cfg.stop_loss]
                 active[done] = False

@@ -1,9 +1,11 @@
+import math
+
 import pytest
 import torch
 import torch.nn as nn
 
 from preempt.core.attacks import pgd, pgd_dynamics
-from preempt.core.robustify import RobustifyConfig, robustify
+from preempt.core.robustify import RobustifyConfig, margin_loss, robustify
 from preempt.core.threat import Geometry, ThreatModel, flat_norm
 from tests.conftest import accuracy
 
@@ -123,7 +125,7 @@ def test_early_stopping_saves_passes_and_keeps_protection(adv_model, fmnist_test
     assert (early.passes_per_image[stopped] >= (early.stopped_at[stopped] + 1) * 11).all()
     assert (early.passes_per_image[~stopped] >= 30 * 11).all()
     # the stopping rule held: the last loss of a stopped image is below ln 2
-    assert (early.robust_loss[stopped] < RobustifyConfig().stop_loss).all()
+    assert (early.robust_loss[stopped] < math.log(2)).all()
     assert (flat_norm(early.x_rob - x, "linf") <= 0.1 + 1e-6).all()
     assert torch.equal(early.label, full.label)
     assert _robust_accuracy(adv_model, early.x_rob, y, threat) >= _robust_accuracy(adv_model, full.x_rob, y, threat) - 0.05
@@ -177,3 +179,31 @@ def test_unknown_inner_loss_or_aggregate_is_refused():
         RobustifyConfig(inner_loss="dlr").resolved(threat)
     with pytest.raises(ValueError, match="aggregate"):
         RobustifyConfig(aggregate="median").resolved(threat)
+    with pytest.raises(ValueError, match="outer_loss"):
+        RobustifyConfig(outer_loss="dlr").resolved(threat)
+    with pytest.raises(ValueError, match="smoothed"):
+        RobustifyConfig(outer_loss="cw", sigma=0.25).resolved(threat)
+
+
+def test_margin_outer_loss_raises_the_worst_case_margin(adv_model, fmnist_test):
+    """outer_loss="cw" descends the margin at the attack's end point: after robustification the margin a
+    fresh PGD finds is lower (more robust) than on the originals, within budget and label; its stop
+    threshold is 0 (a negative margin means the end point is still class y)."""
+    x, _ = fmnist_test
+    x = x[:64]
+    threat = ThreatModel("linf", 0.1)
+    cfg = RobustifyConfig(iterations=15, steps=7, outer_loss="cw", plateau_window=0)
+    assert cfg.resolved(threat).stop_loss == 0.0 and RobustifyConfig().resolved(threat).stop_loss == math.log(2)
+    torch.manual_seed(0)
+    r = robustify(adv_model, x, threat, cfg)
+    assert float(r.linf.max()) <= 0.1 + 1e-6
+    with torch.no_grad():
+        assert torch.equal(adv_model(r.x_rob).argmax(1), r.label)
+
+    def worst_margin(z):
+        torch.manual_seed(1)
+        xa = pgd(adv_model, z, r.label, threat.geometry, 0.1, steps=20, loss_fn=margin_loss)
+        with torch.no_grad():
+            return margin_loss(adv_model, xa, r.label)
+
+    assert float(worst_margin(r.x_rob).mean()) < float(worst_margin(x).mean()) - 0.5
