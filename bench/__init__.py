@@ -21,13 +21,14 @@ def emit(result: dict, cols: list, json_path=None, markdown_path=None) -> str:
     return md
 
 
-def robust_accuracy(model, x, y, threat, attacks, batch: int, whitebox_of=None, robust_loss=None) -> dict:
+def robust_accuracy(model, x, y, threat, attacks, batch: int, whitebox_of=None, robust_loss=None,
+                    masks=None) -> dict:
     """Clean and grey-box accuracy of ``x`` (an image counts when correct and the attack fails), batched.
 
     ``whitebox_of`` (the originals): also the white-box PGD of Algorithms 3-4. ``robust_loss`` (the
     robustifier's final loss per image): also how many correctly classified images each attack breaks
     with that loss above ln 2 (the robustifier knew it had found no robust point) and below (its own
-    check was fooled).
+    check was fooled). ``masks`` (a dict): filled with each attack's per-image "correct and survives" mask.
     """
     import math
 
@@ -44,6 +45,8 @@ def robust_accuracy(model, x, y, threat, attacks, batch: int, whitebox_of=None, 
         kept = torch.cat([model(atk(x[i:i + batch], y[i:i + batch], threat.epsilon)).argmax(1) == y[i:i + batch]
                           for i in range(0, len(x), batch)])
         out[f"greybox_{name}"] = float((ok & kept).float().mean())
+        if masks is not None:
+            masks[name] = ok & kept
         if robust_loss is not None:
             broken = ok & ~kept
             out[f"broken_{name}_loss_above_ln2"] = int((broken & (robust_loss >= math.log(2))).sum())

@@ -30,6 +30,7 @@ from preempt.core.data import fashion_mnist
 from preempt.core.evaluate import gap_closure
 from preempt.core.images import quantize_within_budget
 from preempt.core.models import load_classifier
+from preempt.core.protect import verify_robust
 from preempt.core.robustify import RobustifyConfig, robustify
 from preempt.core.threat import ThreatModel
 
@@ -40,6 +41,12 @@ VARIANTS = {
     "ce3-max": {"samples": 3, "aggregate": "max"},
     "targeted3-mean": {"inner_loss": "targeted", "samples": 3},
     "targeted3-max": {"inner_loss": "targeted", "samples": 3, "aggregate": "max"},
+    "cw-outer": {"outer_loss": "cw"},
+    "cw-cw": {"inner_loss": "cw", "outer_loss": "cw"},
+    "targeted3-max-cw": {"inner_loss": "targeted", "samples": 3, "aggregate": "max", "outer_loss": "cw"},
+    "random-init": {"init": "random"},
+    "paper-full": {"stop_patience": 0, "plateau_window": 0},
+    "random-init-full": {"init": "random", "stop_patience": 0, "plateau_window": 0},
 }
 
 
@@ -52,6 +59,9 @@ def main(argv=None) -> int:
     ap.add_argument("--variants", default="paper,cw,targeted3-max")
     ap.add_argument("--attacks", default="pgd,aa")
     ap.add_argument("--whitebox", action="store_true", help="also the white-box PGD of Algorithms 3-4")
+    ap.add_argument("--verify", action="store_true",
+                    help="also the protection report's check (verify_robust, 'apgd') on each output: how many it "
+                         "calls robust, and how many of those an attack still breaks")
     ap.add_argument("--batch", type=int, default=200)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--seed", type=int, default=0)
@@ -84,17 +94,27 @@ def main(argv=None) -> int:
             losses.append(r.robust_loss)
         sec = time.perf_counter() - t0
         xr = torch.cat(outs)
+        masks = {}
         row = {"variant": v, "config": VARIANTS[v], "passes_per_image": round(passes / len(x), 1),
                "seconds_per_image": round(sec / len(x), 4),
                **robust_accuracy(model, xr, y, threat, attacks, args.batch,
-                                 whitebox_of=x if args.whitebox else None, robust_loss=torch.cat(losses))}
+                                 whitebox_of=x if args.whitebox else None, robust_loss=torch.cat(losses), masks=masks)}
+        if args.verify:
+            t0 = time.perf_counter()
+            verified = torch.cat([verify_robust(model, xr[i:i + args.batch], y[i:i + args.batch], threat, "apgd")
+                                  for i in range(0, len(x), args.batch)])
+            row["verify_seconds_per_image"] = round((time.perf_counter() - t0) / len(x), 4)
+            row["verified"] = float(verified.float().mean())
+            for a in attacks:
+                row[f"verified_broken_by_{a}"] = int((verified & ~masks[a]).sum())
         for a in attacks:
             row[f"gap_closure_{a}"] = gap_closure(rows[0], row, f"greybox_{a}")
         rows.append(row)
         print(row, flush=True)
     cols = ["variant", "passes_per_image", "seconds_per_image", "clean"] + [f"greybox_{a}" for a in attacks] + \
         (["whitebox_pgd"] if args.whitebox else []) + [f"gap_closure_{a}" for a in attacks] + \
-        [f"broken_{a}_loss_{s}_ln2" for a in attacks for s in ("above", "below")]
+        [f"broken_{a}_loss_{s}_ln2" for a in attacks for s in ("above", "below")] + \
+        (["verified"] + [f"verified_broken_by_{a}" for a in attacks] if args.verify else [])
     result = {"n_images": len(x), "model": args.model, "norm": args.norm, "epsilon": eps, "delta": eps,
               "device": args.device, "threads": torch.get_num_threads(), "rows": rows}
     emit(result, cols, args.json, args.markdown)
