@@ -284,12 +284,20 @@ def cmd_reproduce(args) -> int:
                                                     plateau_window=args.plateau_window, samples=args.samples,
                                                     inner_loss=args.inner_loss, aggregate=args.aggregate))
     keys = list(SETTINGS) if args.norm == "all" else [args.norm]
+    models = None
+    if args.models:
+        if args.norm == "all":
+            raise UsageError("--models replaces the models of one setting: give --norm linf, l2 or smoothing")
+        try:
+            models = dict(item.split("=", 1) for item in args.models.split(",") if item.strip())
+        except ValueError:
+            raise UsageError(f"--models: expected ROLE=MODEL[,ROLE=MODEL], got {args.models!r}") from None
     for key in keys:
         t0 = time.perf_counter()
         try:
-            report = run_setting(key, cfg, Path(args.work), train=args.train,
+            report = run_setting(key, cfg, Path(args.work), train=args.train, models=models,
                                  log=lambda m: print(f"[{time.strftime('%H:%M:%S')}] {m}", file=sys.stderr, flush=True))
-        except FileNotFoundError as e:
+        except (FileNotFoundError, ValueError) as e:
             raise UsageError(str(e)) from None
         report["wall_seconds"] = round(time.perf_counter() - t0, 1)
         for path in write_report(report, Path(args.output)):
@@ -416,6 +424,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--certify-n", type=_positive_int, default=10000, help="noise samples of CERTIFY (smoothing)")
     p.add_argument("--train", action="store_true", help="train the models that are not shipped")
     p.add_argument("-o", "--output", default="reports/fashion-mnist", help="report folder (default %(default)s)")
+    p.add_argument("--models", default=None,
+                   help="replace the setting's models: ROLE=MODEL[,ROLE=MODEL], roles adv, ours (linf, l2) or "
+                        "gaussian (smoothing), e.g. adv=fmnist-linf-adv-8ep,ours=fmnist-linf-ours-6ep")
     p.add_argument("--work", default="runs/reproduce", help="cache of finished chunks (default %(default)s)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)

@@ -22,7 +22,7 @@ import json
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
@@ -201,9 +201,17 @@ def _combine(parts: List[dict]) -> dict:
 
 
 def run_setting(key: str, cfg: ReproduceConfig, work: Path, train: bool = False,
-                log: Callable[[str], None] = print) -> dict:
-    """Evaluate every row of setting ``key`` on the first ``cfg.n`` test images; returns the report dict."""
+                log: Callable[[str], None] = print, models: Optional[Dict[str, str]] = None) -> dict:
+    """Evaluate every row of setting ``key`` on the first ``cfg.n`` test images; returns the report dict.
+
+    ``models`` (role -> registered name or checkpoint) replaces some of the setting's models, e.g.
+    ``{"ours": "fmnist-linf-ours-6ep"}``; each row records the name it used (``model_name``).
+    """
     setting = SETTINGS[key]
+    unknown = set(models or {}) - set(setting.models)
+    if unknown:
+        raise ValueError(f"setting {key} has the models {', '.join(setting.models)}, not {', '.join(sorted(unknown))}")
+    setting = replace(setting, models={**setting.models, **(models or {})})
     threat = ThreatModel(setting.norm, setting.epsilon, setting.delta)
     x_all, y_all = fashion_mnist("test", limit=cfg.n)
     from .models import load_classifier  # torch-heavy import kept local

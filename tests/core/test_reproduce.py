@@ -65,3 +65,16 @@ def test_cli_refuses_datasets_it_cannot_have(tmp_path):
     r = subprocess.run([sys.executable, "-m", "preempt.cli", "reproduce", "--dataset", "cifar10"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and re.search(r"fashion-mnist", r.stderr) and "Traceback" not in r.stderr
+
+
+def test_models_option_replaces_a_role_and_refuses_unknown_ones(tmp_path):
+    cfg = ReproduceConfig(n=2, chunk=2, attacks=("pgd",), whitebox=False, robustify=RobustifyConfig(iterations=2, steps=2))
+    report = run_setting("linf", cfg, tmp_path / "work", log=lambda m: None, models={"adv": "fmnist-linf-adv-8ep"})
+    names = {(r["model"], r["model_name"]) for r in report["rows"]}
+    assert names == {("adv", "fmnist-linf-adv-8ep"), ("ours", "fmnist-linf-ours")}
+    assert "fmnist-linf-adv-8ep" in report["wall"]
+    with pytest.raises(ValueError, match="gaussian"):
+        run_setting("linf", cfg, tmp_path / "work", log=lambda m: None, models={"gaussian": "fmnist-gaussian-0.25"})
+    r = subprocess.run([sys.executable, "-m", "preempt.cli", "reproduce", "--norm", "all", "--models", "adv=x"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "--models" in r.stderr and "Traceback" not in r.stderr
