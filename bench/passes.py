@@ -17,7 +17,12 @@ peak. Variants (``--variants``, comma list or ``all``; CUDA-only ones are skippe
 * ``bf16-compile`` (CUDA): ``bf16`` through ``torch.compile``;
 * ``bf16-graph`` (CUDA): ``bf16`` captured once as a CUDA graph and replayed;
 * ``bf16-weights``, ``bf16-weights-compile``: weights and activations stored in bf16 (no autocast
-  casts), eager and through ``torch.compile``.
+  casts), eager and through ``torch.compile``;
+* ``-fold`` in a name (``bf16-fold``, ``bf16-fold-compile``): every eval-mode BatchNorm that follows a
+  convolution folded into it first (``torch.fx.experimental.optimization.fuse``; the weights are
+  frozen during robustification, so the fold is exact up to rounding);
+* ``-max`` at the end (``bf16-compile-max``, ``bf16-fold-compile-max``): ``torch.compile`` with
+  ``mode="max-autotune"`` (Triton templates and cuDNN/cuBLAS choices benchmarked per shape, CUDA graphs).
 
 ``--peak`` measures the device's matrix-multiply peak in the same run (an 8192^3 product in fp32,
 TF32 and bf16), the ceiling the pass rates are compared with.
@@ -40,8 +45,9 @@ from preempt.core.models import Autocast, build_model, load_classifier
 
 INPUT = {"small-cnn": (1, 28, 28), "resnet50": (3, 224, 224)}
 VARIANTS = ("nchw", "channels_last", "tf32", "bf16", "bf16-compile", "bf16-graph", "bf16-weights",
-            "bf16-weights-compile")
-CUDA_ONLY = {"tf32", "bf16-compile", "bf16-graph", "bf16-weights-compile"}
+            "bf16-weights-compile", "bf16-fold", "bf16-fold-compile", "bf16-compile-max", "bf16-fold-compile-max")
+CUDA_ONLY = {"tf32", "bf16-compile", "bf16-graph", "bf16-weights-compile", "bf16-fold-compile", "bf16-compile-max",
+             "bf16-fold-compile-max"}
 
 
 class BF16Weights(torch.nn.Module):
@@ -53,6 +59,16 @@ class BF16Weights(torch.nn.Module):
 
     def forward(self, x):
         return self.model(x.to(torch.bfloat16).contiguous(memory_format=torch.channels_last)).float()
+
+
+def fold_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` (eval mode) with each Conv2d -> BatchNorm2d pair folded into one convolution."""
+    from torch.fx.experimental.optimization import fuse
+
+    folded = fuse(model.eval(), inplace=False)
+    for p in folded.parameters():
+        p.requires_grad_(False)
+    return folded.to(memory_format=torch.channels_last)
 
 
 def sync(device: str) -> None:
@@ -122,12 +138,16 @@ def make_step(model, x, y, device: str, variant: str):
 def time_variant(base, shape, batch: int, device: str, reps: int, variant: str) -> float:
     """Seconds per image-pass of ``variant`` at ``batch``."""
     model = base if variant == "nchw" else copy.deepcopy(base).to(memory_format=torch.channels_last)
+    if "-fold" in variant:
+        model = fold_batchnorm(model)
     if variant.startswith("bf16-weights"):
         model = BF16Weights(model)
     elif variant.startswith("bf16"):
         model = Autocast(model, torch.bfloat16)
     if variant.endswith("compile"):
         model = torch.compile(model)
+    elif variant.endswith("compile-max"):
+        model = torch.compile(model, mode="max-autotune")
     x = torch.rand((batch,) + shape, device=device)
     y = torch.randint(0, 10, (batch,), device=device)
     old = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32

@@ -1,0 +1,36 @@
+"""The benchmark's model transforms must not change what they time."""
+
+import torch
+import torch.nn.functional as F
+
+from bench.passes import fold_batchnorm
+from preempt.core.models import build_model
+
+
+def test_batchnorm_folding_keeps_logits_and_input_gradient():
+    torch.manual_seed(0)
+    # float64: the fold is exact algebra, so any difference beyond rounding is a bug (in float32 a
+    # deep ReLU net's input gradient moves by about 1% from rounding alone)
+    model = build_model("resnet50", 10).eval().double()
+    for m in model.modules():  # non-trivial statistics, or the fold would be the identity
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    folded = fold_batchnorm(model)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())  # the original is untouched
+
+    x = torch.rand(2, 3, 64, 64, dtype=torch.float64)
+    y = torch.tensor([1, 7])
+    grads, logits = [], []
+    for net in (model, folded):
+        xa = x.clone().requires_grad_(True)
+        out = net(xa)
+        logits.append(out.detach())
+        grads.append(torch.autograd.grad(F.cross_entropy(out, y), xa)[0])
+    assert (logits[0] - logits[1]).abs().max() <= 1e-10 * logits[0].abs().max()
+    assert (grads[0] - grads[1]).norm() <= 1e-10 * grads[0].norm()
