@@ -86,6 +86,8 @@ def cmd_robustify(args) -> int:
     from preempt.core.protect import protect_images
     from preempt.core.robustify import RobustifyConfig
 
+    if args.retry and args.no_verify:
+        raise UsageError("--retry sends back the images the check rejects: it needs the check (drop --no-verify)")
     torch.manual_seed(args.seed)
     threat = _threat(args)
     clf = _load(args)
@@ -132,7 +134,7 @@ def cmd_robustify(args) -> int:
         t0 = time.perf_counter()
         results = protect_images(fast.model, [decoded[p] for p in paths], threat, cfg, device=args.device,
                                  verify=not args.no_verify, progress=lambda i, n, loss: bar.update(1),
-                                 judge=clf.model, verify_attack=args.verify)
+                                 judge=clf.model, verify_attack=args.verify, retry=args.retry)
         seconds = (time.perf_counter() - t0) / len(paths)
         for path, result in zip(paths, results):
             name = out_names[path]
@@ -366,6 +368,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the check on the written PNG: apgd = PGD-20 x 5 then APGD-CE and APGD-T (default), "
                         "pgd = PGD-20 x 5 only (faster, weaker)")
     p.add_argument("--no-verify", action="store_true", help="skip the verification attack on the written PNG")
+    p.add_argument("--retry", action="store_true",
+                   help="robustify the images the check rejects once more, with targeted inner attacks toward the "
+                        "3 runner-up classes; keep the new PNG only if it passes the check")
     _add_stop(p)
     _add_inner(p)
     p.add_argument("--batch-size", type=_positive_int, default=64, help="images of one size robustified together")

@@ -64,6 +64,7 @@ def test_bad_arguments_get_one_line_and_nonzero_exit(tmp_path, torchscript_model
         ["robustify", str(image_folder / "a.png"), "-o", str(tmp_path), "--model", str(tmp_path / "none.pt")],
         ["robustify", str(image_folder / "a.png"), "-o", str(tmp_path), "--epsilon", "-1"],
         ["robustify", str(image_folder / "a.png"), "-o", str(tmp_path), "--device", "cuda:7"],
+        ["robustify", str(image_folder / "a.png"), "-o", str(tmp_path), "--retry", "--no-verify"],
     ):
         r = run(*args)
         assert r.returncode == 2, (args, r.stderr)

@@ -3,7 +3,9 @@
 import pytest
 import torch
 
-from preempt.core.protect import VERIFY_ATTACKS, verify_robust
+from preempt.core.images import decode, encode_png
+from preempt.core.protect import VERIFY_ATTACKS, protect_images, verify_robust
+from preempt.core.robustify import RobustifyConfig
 from preempt.core.threat import ThreatModel
 
 
@@ -29,3 +31,32 @@ def test_unknown_verification_attack_is_refused(adv_model, fmnist_test):
     with pytest.raises(ValueError, match="verify must be one of"):
         verify_robust(adv_model, x[:2], y[:2], ThreatModel("linf", 0.1), attack="fgsm")
     assert set(VERIFY_ATTACKS) == {"pgd", "apgd"}
+
+
+def test_retry_only_touches_rejected_images_and_only_keeps_what_passes(adv_model, fmnist_test):
+    """``retry=True`` robustifies again exactly the images the check rejected; an image the first try
+    protected keeps its PNG, every output stays inside delta with its label, and the number of
+    verified images can only grow."""
+    x, _ = fmnist_test
+    images = [decode(encode_png(x[i])) for i in range(48)]
+    threat = ThreatModel("linf", 0.1)
+    cfg = RobustifyConfig(iterations=8)
+    torch.manual_seed(0)
+    first = protect_images(adv_model, images, threat, cfg)
+    torch.manual_seed(0)
+    again = protect_images(adv_model, images, threat, cfg, retry=True)
+    rejected = [i for i, r in enumerate(first) if r.report["label_kept"] and not r.report["verified"]["robust"]]
+    assert rejected, "the weak fixture model should leave images the check rejects"
+    assert [i for i, r in enumerate(again) if r.report["retried"]] == rejected
+    for i, (a, b) in enumerate(zip(first, again)):
+        assert b.report["linf"] <= threat.delta + 1e-6
+        assert b.report["label"] == a.report["label"]
+        if i not in rejected:
+            assert b.png == a.png and b.report["passes"] == a.report["passes"]
+            assert b.report["verified"] == a.report["verified"]
+        else:
+            assert b.report["passes"] > a.report["passes"]
+            assert b.report["label_kept"]
+            if not b.report["verified"]["robust"]:
+                assert b.png == a.png  # a failed second try does not replace the first output
+    assert sum(r.report["verified"]["robust"] for r in again) >= sum(r.report["verified"]["robust"] for r in first)
