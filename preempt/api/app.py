@@ -3,7 +3,7 @@
 Routes (under ``/v1``; OpenAPI at ``/docs``):
 
 * ``POST /v1/robustify``: multipart ``file`` + optional ``model``, ``preset``, ``norm``,
-  ``epsilon``, ``delta``, ``iterations``, ``verify`` -> ``202 {"job_id", "status_url", "result_url"}``;
+  ``epsilon``, ``delta``, ``iterations``, ``verify``, ``retry`` -> ``202 {"job_id", "status_url", "result_url"}``;
   ``?wait=SECONDS`` (at most 60) answers ``200`` with the job if it ends in that time.
 * ``POST /v1/attack``: grey-box attack of ``file`` (``attack`` pgd|aa); with ``original`` also the
   adaptive white-box attack (Algorithms 3-4). ``POST /v1/certify``: smoothed PREDICT + CERTIFY.
@@ -73,6 +73,18 @@ def _verify(raw: Optional[str]) -> str:
     if low in ("0", "false", "no", "off"):
         return "off"
     raise _bad("verify", f"{raw!r} is not one of true (= apgd), apgd, pgd, false")
+
+
+def _flag(field: str, raw: Optional[str]) -> bool:
+    """A yes/no form field (absent or empty: no)."""
+    if raw is None or raw.strip() == "":
+        return False
+    low = raw.strip().lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise _bad(field, f"{raw!r} is not one of true, false")
 
 
 def _model(raw: Optional[str], cards: dict) -> str:
@@ -214,6 +226,7 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
         model: Optional[str] = Form(None), preset: Optional[str] = Form(None), norm: Optional[str] = Form(None),
         epsilon: Optional[str] = Form(None), delta: Optional[str] = Form(None),
         iterations: Optional[str] = Form(None), verify: Optional[str] = Form(None),
+        retry: Optional[str] = Form(None, description="true: robustify the image once more if the check rejects it"),
         wait: float = Query(0.0, ge=0.0, le=60.0, description="seconds to wait for the result"),
     ):
         name = _model(model, cards)
@@ -224,10 +237,13 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
         params["iterations"] = _number("iterations", iterations, params["iterations"], 1, settings.max_iterations,
                                        integer=True)
         params["verify"] = _verify(verify)
+        params["retry"] = _flag("retry", retry)
+        if params["retry"] and params["verify"] == "off":
+            raise _bad("retry", "retry sends back the images the check rejects; it needs verify on")
         data, info = await _read_image(file)
         params["image"] = info
         batch = "|".join(str(params[k]) for k in ("model", "norm", "epsilon", "delta", "iterations", "steps",
-                                                   "samples", "verify"))
+                                                   "samples", "verify", "retry"))
         batch += f"|{info['channels']}x{info['height']}x{info['width']}"
         return await _submit("robustify", params, data, batch=batch, wait=wait)
 

@@ -106,7 +106,8 @@ def run_robustify(store: JobStore, models: ModelCache, jobs: List[dict], max_pix
             results = protect_images(models.robustifier(p["model"]).model, [img for _, img in group], threat, cfg,
                                      device=models.device, verify=verify != "off",
                                      progress=ProgressWriter(store, ids), judge=clf.model,
-                                     verify_attack=verify if verify != "off" else DEFAULT_VERIFY)
+                                     verify_attack=verify if verify != "off" else DEFAULT_VERIFY,
+                                     retry=bool(p.get("retry", False)) and verify != "off")
         except Cancelled:
             log.info("batch %s cancelled", ids)
             continue

@@ -69,6 +69,7 @@ def test_robustify_roundtrip_keeps_size_mode_and_budget(stack, name, make, size,
     assert report["model"] == DEFAULT_MODEL and report["norm"] == "linf"
     assert isinstance(report["label"], int) and report["verified"]["attack"] == "pgd-20x5+apgd-ce+apgd-t"
     assert isinstance(report["verified"]["robust"], bool) and report["psnr"] > 20
+    assert "retried" not in report  # retry is opt-in
 
 
 def test_original_upload_deleted_and_result_expires(stack):
@@ -111,6 +112,16 @@ def test_wait_parameter_returns_finished_job(stack):
                         data={"preset": "low", "iterations": "3", "verify": "false"})
     assert r.status_code == 200, r.text
     assert r.json()["status"] == "succeeded" and "verified" not in r.json()["report"]
+
+
+def test_retry_job_reports_whether_it_was_retried(stack):
+    r = stack.submit(png_bytes(example_image(4)), preset="low", iterations=3, retry="true")
+    assert r.status_code == 202, r.text
+    job = stack.wait_job(r.json()["job_id"])
+    assert job["status"] == "succeeded", job
+    report = job["report"]  # which images retry touches and keeps: tests/core/test_protect.py
+    assert isinstance(report["retried"], bool) and isinstance(report["verified"]["robust"], bool)
+    assert report["linf"] <= report["delta"] + 1e-9 and report["label_kept"]
 
 
 def test_compatible_jobs_are_batched(stack):
@@ -182,7 +193,7 @@ BAD_FILES = [
 BAD_FIELDS = [
     {"epsilon": "-1"}, {"epsilon": "abc"}, {"epsilon": "nan"}, {"epsilon": "2"}, {"delta": "0"},
     {"norm": "l3"}, {"preset": "ultra"}, {"iterations": "0"}, {"iterations": "1000000000"}, {"iterations": "2.5"},
-    {"model": "nope"}, {"verify": "maybe"},
+    {"model": "nope"}, {"verify": "maybe"}, {"retry": "maybe"}, {"retry": "true", "verify": "false"},
 ]
 
 
