@@ -98,14 +98,19 @@ def protect_images(model: torch.nn.Module, images: List[DecodedImage], threat: T
     if config is None or config.sigma is None:
         with torch.no_grad():
             y = judge(x_orig).argmax(1)
+    def write_and_check(x_rob, x_o, alphas, label):
+        """8-bit PNGs of ``x_rob``, decoded again; whether each keeps ``label``; the check's verdict."""
+        x_q = quantize_within_budget(x_rob, x_o, threat.norm, threat.delta)
+        pngs = [encode_png(x_q[i], alpha) for i, alpha in enumerate(alphas)]
+        decoded = torch.stack([decode(png).pixels for png in pngs]).to(device)
+        with torch.no_grad():
+            kept = judge(decoded).argmax(1) == label
+        robust = verify_robust(judge, decoded, label, threat, verify_attack) if verify else None
+        return pngs, decoded, kept, robust
+
     result = robustify(model, x_orig, threat, config, y=y, progress=progress)
-    x_q = quantize_within_budget(result.x_rob, x_orig, threat.norm, threat.delta)
-    pngs = [encode_png(x_q[i], img.alpha) for i, img in enumerate(images)]
-    decoded = torch.stack([decode(png).pixels for png in pngs]).to(device)
     label = result.label
-    with torch.no_grad():
-        kept = judge(decoded).argmax(1) == label
-    robust = verify_robust(judge, decoded, label, threat, verify_attack) if verify else None
+    pngs, decoded, kept, robust = write_and_check(result.x_rob, x_orig, [img.alpha for img in images], label)
     passes = result.passes_per_image.clone()
     retried = torch.zeros(len(images), dtype=torch.bool)
     if retry and robust is not None and (config is None or config.sigma is None):
@@ -113,12 +118,9 @@ def protect_images(model: torch.nn.Module, images: List[DecodedImage], threat: T
         if idx.numel():
             cfg2 = RobustifyConfig(**{**asdict(config or RobustifyConfig()), **RETRY_CONFIG})
             again = robustify(model, x_orig[idx], threat, cfg2, y=label[idx])  # no progress: its total was the first try's
-            x_q2 = quantize_within_budget(again.x_rob, x_orig[idx], threat.norm, threat.delta)
-            pngs2 = [encode_png(x_q2[j], images[int(i)].alpha) for j, i in enumerate(idx)]
-            decoded2 = torch.stack([decode(png).pixels for png in pngs2]).to(device)
-            with torch.no_grad():
-                kept2 = judge(decoded2).argmax(1) == label[idx]
-            robust2 = verify_robust(judge, decoded2, label[idx], threat, verify_attack) & kept2
+            # the check also requires the label, so a second output that passes keeps it
+            pngs2, decoded2, _, robust2 = write_and_check(again.x_rob, x_orig[idx],
+                                                          [images[i].alpha for i in idx.tolist()], label[idx])
             passes[idx] += again.passes_per_image.to(passes.device)
             retried[idx.cpu()] = True
             for j, i in enumerate(idx.tolist()):
