@@ -61,18 +61,7 @@ def _number(field: str, raw: Optional[str], default: Optional[float], lo: float,
     return v
 
 
-def _verify(raw: Optional[str]) -> str:
-    """``verify``: the check run on the protected file: apgd (default; also true), pgd (faster, weaker) or off."""
-    if raw is None or raw.strip() == "":
-        return "apgd"
-    low = raw.strip().lower()
-    if low in ("1", "true", "yes", "on", "apgd"):
-        return "apgd"
-    if low == "pgd":
-        return "pgd"
-    if low in ("0", "false", "no", "off"):
-        return "off"
-    raise _bad("verify", f"{raw!r} is not one of true (= apgd), apgd, pgd, false")
+YES, NO = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
 def _flag(field: str, raw: Optional[str]) -> bool:
@@ -80,11 +69,21 @@ def _flag(field: str, raw: Optional[str]) -> bool:
     if raw is None or raw.strip() == "":
         return False
     low = raw.strip().lower()
-    if low in ("1", "true", "yes", "on"):
-        return True
-    if low in ("0", "false", "no", "off"):
-        return False
+    if low in YES or low in NO:
+        return low in YES
     raise _bad(field, f"{raw!r} is not one of true, false")
+
+
+def _verify(raw: Optional[str]) -> str:
+    """``verify``: the check run on the protected file: apgd (default; also true), pgd (faster, weaker) or off."""
+    if raw is None or raw.strip() == "":
+        return "apgd"
+    low = raw.strip().lower()
+    if low in ("apgd", "pgd"):
+        return low
+    if low in YES or low in NO:
+        return "apgd" if low in YES else "off"
+    raise _bad("verify", f"{raw!r} is not one of true (= apgd), apgd, pgd, false")
 
 
 def _model(raw: Optional[str], cards: dict) -> str:
