@@ -97,7 +97,7 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, threat: T
                         x_hat = reconstruct(model, xr, threat, iterations=cfg.robustify.iterations,
                                             steps=cfg.robustify.steps)
                     wb = whitebox_attack(model, xr, xo, yb, threat, attack=attack_fn(name, model, threat, cfg.num_classes),
-                                         x_hat=x_hat)
+                                         x_hat=x_hat, count=acc)
                     counts[preempt][f"whitebox_{name}"] += int((acc & wb["robust_worst"]).sum())
                     for eps, ok in wb["robust"].items():
                         by_eps[name, eps] = by_eps.get((name, eps), 0) + int((acc & ok).sum())

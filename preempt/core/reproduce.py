@@ -159,7 +159,8 @@ def evaluate_smoothed(model, x, y, threat: ThreatModel, sigma: float, cfg: Repro
                 if x_hat is None:
                     x_hat = reconstruct(model, x_rob, threat, iterations=rcfg.iterations, steps=rcfg.steps,
                                         sigma=sigma, noise_samples=m)
-                wb = whitebox_attack(model, x_rob, x, y, threat, attack=attack(restarts), predict=predict, x_hat=x_hat)
+                wb = whitebox_attack(model, x_rob, x, y, threat, attack=attack(restarts), predict=predict, x_hat=x_hat,
+                                     count=acc)
                 row[f"whitebox_{name}"] = float((acc & wb["robust_worst"]).float().mean())
                 row[f"whitebox_{name}_by_eps"] = {f"{e:g}": float((acc & ok).float().mean())
                                                   for e, ok in wb["robust"].items()}
@@ -200,6 +201,23 @@ def _combine(parts: List[dict]) -> dict:
     return out
 
 
+def _cached_chunk(folder: Path, start: int, n: int) -> Optional[tuple]:
+    """``(stop, result)`` of the longest finished chunk that begins at image ``start`` and ends by ``n``.
+
+    Chunks of any size are reused, so a run with ``--chunk 100`` resumes from chunks of 500 that
+    another machine finished (the same images; the model and settings are in the folder's key).
+    """
+    best = None
+    for f in folder.glob(f"{start:05d}-*.json"):
+        try:
+            stop = int(f.stem.split("-")[1])
+        except (IndexError, ValueError):
+            continue
+        if start < stop <= n and (best is None or stop > best[0]):
+            best = (stop, f)
+    return None if best is None else (best[0], json.loads(best[1].read_text()))
+
+
 def run_setting(key: str, cfg: ReproduceConfig, work: Path, train: bool = False,
                 log: Callable[[str], None] = print, models: Optional[Dict[str, str]] = None) -> dict:
     """Evaluate every row of setting ``key`` on the first ``cfg.n`` test images; returns the report dict.
@@ -221,8 +239,10 @@ def run_setting(key: str, cfg: ReproduceConfig, work: Path, train: bool = False,
         path = ensure_model(name, work, train, log)
         clf = load_classifier(str(path), device=cfg.device)
         card = clf.card or {}
-        ident = {"model": name, "model_sha": hashlib.sha256(path.read_bytes()).hexdigest()[:12],
-                 "setting": asdict(setting), "robustify": asdict(cfg.robustify), "attacks": list(cfg.attacks),
+        # What decides this model's figures: not the models of the other roles.
+        ident = {"model": name, "role": role, "model_sha": hashlib.sha256(path.read_bytes()).hexdigest()[:12],
+                 "setting": {k: v for k, v in asdict(setting).items() if k != "models"},
+                 "robustify": asdict(cfg.robustify), "attacks": list(cfg.attacks),
                  "whitebox": cfg.whitebox, "whitebox_attacks": cfg.whitebox_attacks, "seed": cfg.seed,
                  **({"noise_samples": cfg.noise_samples, "predict_samples": cfg.predict_samples,
                      "certify": [cfg.certify_n0, cfg.certify_n, cfg.certify_alpha]} if setting.sigma else {})}
@@ -231,13 +251,15 @@ def run_setting(key: str, cfg: ReproduceConfig, work: Path, train: bool = False,
         (folder / "identity.json").write_text(json.dumps(ident, indent=2, default=str) + "\n")
         parts = {"none": [], "ours": []}
         seconds = 0.0
-        for start in range(0, cfg.n, cfg.chunk):
-            stop = min(start + cfg.chunk, cfg.n)
-            cache = folder / f"{start:05d}-{stop:05d}.json"
-            if cache.exists():
-                done = json.loads(cache.read_text())
+        start = 0
+        while start < cfg.n:
+            cached = _cached_chunk(folder, start, cfg.n)
+            if cached is not None:
+                stop, done = cached
                 log(f"{key} {name} images {start}-{stop}: cached")
             else:
+                stop = min(start + cfg.chunk, cfg.n)
+                cache = folder / f"{start:05d}-{stop:05d}.json"
                 torch.manual_seed(cfg.seed + start)
                 x, y = x_all[start:stop].to(cfg.device), y_all[start:stop].to(cfg.device)
                 t0 = time.perf_counter()
@@ -256,6 +278,7 @@ def run_setting(key: str, cfg: ReproduceConfig, work: Path, train: bool = False,
             seconds += done["seconds"]
             for r in done["rows"]:
                 parts[r["preempt"]].append({"n": done["n"], "row": r})
+            start = stop
         wall[name] = {"evaluation_seconds": round(seconds, 1), "training_seconds": card.get("wall_seconds"),
                       "training_command": card.get("command")}
         for preempt in ("none", "ours"):

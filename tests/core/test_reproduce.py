@@ -36,6 +36,15 @@ def test_linf_report_has_the_issue_layout_and_resumes_from_cache(tmp_path):
     again = run_setting("linf", cfg, tmp_path / "work", log=logs.append)
     assert all("cached" in m for m in logs) and len(logs) == 4
     assert again["rows"] == report["rows"]
+    # Chunks of another size are reused (a CPU run resuming a GPU run's chunks); more images only
+    # add chunks after them; another model in one role leaves the other role's chunks valid.
+    logs.clear()
+    more = run_setting("linf", ReproduceConfig(n=8, chunk=2, attacks=("pgd",), robustify=SMALL),
+                       tmp_path / "work", log=logs.append, models={"ours": "fmnist-linf-ours-6ep"})
+    assert [m.split(": ")[0].split("] ")[-1] for m in logs if "cached" in m] == [
+        "linf fmnist-linf-adv images 0-3", "linf fmnist-linf-adv images 3-6"]
+    assert len([m for m in logs if "cached" not in m]) == 1 + 4  # adv 6-8; ours-6ep 0-2, ..., 6-8
+    assert more["n_images"] == 8 and more["rows"][0]["model_name"] == "fmnist-linf-adv"
 
     paths = write_report(report, tmp_path / "reports")
     assert {p.name for p in paths} == {"linf.json", "linf.md", "linf_whitebox.png"}
