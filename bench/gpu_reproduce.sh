@@ -11,12 +11,18 @@
 # Writes OUT/reports/{linf,l2,smoothing}.{json,md,png}, OUT/log_*.txt and, with PACK=1, everything
 # as OUT/gpu_reproduce.tar.gz (for machines that return few files).
 # LINF_MODELS / L2_MODELS: the --models argument of each setting (default: the shipped defaults).
-# SEED_WORK: a folder of chunks finished earlier (an earlier OUT/work), copied into OUT/work first.
+# SEED_WORK: a folder of chunks finished earlier (an earlier OUT/work), copied into OUT/work first;
+# reports/fashion-mnist/chunks holds those of the shipped reports.
+# SETTINGS: which of linf, l2, smoothing to run (default all three).
+# PASS_VARIANTS: the bench.passes variants of the ResNet-50 step (default: the max-autotune ones,
+# never run yet, and the best so far, bf16-fold-compile).
 set -u
 OUT=${OUT:-runs/gpu_repro}
 PY=${PYTHON:-python3}
 DEADLINE=${DEADLINE:-540}
 N=${N:-1000}
+SETTINGS=${SETTINGS:-linf l2 smoothing}
+PASS_VARIANTS=${PASS_VARIANTS:-bf16-fold-compile,bf16-compile-max,bf16-fold-compile-max}
 mkdir -p "$OUT/reports" "$OUT/work"
 [ -n "${SEED_WORK:-}" ] && cp -r "$SEED_WORK/." "$OUT/work/"
 export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$(pwd) PYTHONUNBUFFERED=1 OMP_NUM_THREADS=4
@@ -30,15 +36,20 @@ run() {  # run NAME ARGS...: one setting in the background, its log in OUT/log_N
     ( echo "=== $(date +%T) $name: $R $*"; timeout "$(left)" $R "$@"; rc=$?; echo "=== $(date +%T) $name exit $rc (124: stopped at DEADLINE)" ) \
         > "$OUT/log_$name.txt" 2>&1 &
 }
-run linf --norm linf --chunk 500 ${LINF_MODELS:+--models $LINF_MODELS}
-run l2 --norm l2 --chunk 500 ${L2_MODELS:+--models $L2_MODELS}
-run smoothing --norm smoothing --chunk 250
+for s in $SETTINGS; do
+    case $s in
+        linf) run linf --norm linf --chunk 250 ${LINF_MODELS:+--models $LINF_MODELS} ;;
+        l2) run l2 --norm l2 --chunk 250 ${L2_MODELS:+--models $L2_MODELS} ;;
+        smoothing) run smoothing --norm smoothing --chunk 250 ;;
+        *) echo "unknown setting $s (linf, l2, smoothing)"; exit 2 ;;
+    esac
+done
 wait
 tail -n 3 "$OUT"/log_*.txt
 if [ "$(left)" -gt 60 ]; then
     echo "=== $(date +%T) ResNet-50 passes, $(left) s left"
     timeout "$(left)" $PY -m bench.passes --arch resnet50 --device cuda --batch 64,256 --reps 10 --peak \
-        --variants bf16-compile,bf16-fold-compile --json "$OUT/passes.jsonl" > "$OUT/log_passes.txt" 2>&1
+        --variants "$PASS_VARIANTS" --json "$OUT/passes.jsonl" > "$OUT/log_passes.txt" 2>&1
     cat "$OUT/log_passes.txt"
 fi
 if [ "${PACK:-0}" = 1 ]; then

@@ -130,10 +130,12 @@ def cmd_robustify(args) -> int:
     batches = [paths[i:i + args.batch_size] for paths in groups.values() for i in range(0, len(paths), args.batch_size)]
     reports = {}
     bar = _bar(len(batches) * cfg.iterations, f"robustify {len(decoded)} image(s)", "iter")
-    for paths in batches:
+    for k, paths in enumerate(batches):
         t0 = time.perf_counter()
+        # bar position = iterations of earlier batches + this one's (a retry holds it at the end)
         results = protect_images(fast.model, [decoded[p] for p in paths], threat, cfg, device=args.device,
-                                 verify=not args.no_verify, progress=lambda i, n, loss: bar.update(1),
+                                 verify=not args.no_verify,
+                                 progress=lambda i, n, loss, base=k * cfg.iterations: bar.update(base + i - bar.n),
                                  judge=clf.model, verify_attack=args.verify, retry=args.retry)
         seconds = (time.perf_counter() - t0) / len(paths)
         for path, result in zip(paths, results):

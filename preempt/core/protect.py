@@ -117,7 +117,11 @@ def protect_images(model: torch.nn.Module, images: List[DecodedImage], threat: T
         idx = (kept & ~robust).nonzero().flatten()
         if idx.numel():
             cfg2 = RobustifyConfig(**{**asdict(config or RobustifyConfig()), **RETRY_CONFIG})
-            again = robustify(model, x_orig[idx], threat, cfg2, y=label[idx])  # no progress: its total was the first try's
+            # The retry reports the first try's end (the bar stays full) so that a caller that stops
+            # work from its progress callback (a cancelled service job) still can during the retry.
+            done = (config or RobustifyConfig()).iterations
+            hold = None if progress is None else (lambda i, n, loss: progress(done, done, loss))
+            again = robustify(model, x_orig[idx], threat, cfg2, y=label[idx], progress=hold)
             # the check also requires the label, so a second output that passes keeps it
             pngs2, decoded2, _, robust2 = write_and_check(again.x_rob, x_orig[idx],
                                                           [images[i].alpha for i in idx.tolist()], label[idx])

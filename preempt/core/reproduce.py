@@ -201,6 +201,10 @@ def _combine(parts: List[dict]) -> dict:
     return out
 
 
+def _device_name(device: str) -> str:
+    return torch.cuda.get_device_name(device) if device.startswith("cuda") else "cpu"
+
+
 def _cached_chunk(folder: Path, start: int, n: int) -> Optional[tuple]:
     """``(stop, result)`` of the longest finished chunk that begins at image ``start`` and ends by ``n``.
 
@@ -250,7 +254,7 @@ def run_setting(key: str, cfg: ReproduceConfig, work: Path, train: bool = False,
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "identity.json").write_text(json.dumps(ident, indent=2, default=str) + "\n")
         parts = {"none": [], "ours": []}
-        seconds = 0.0
+        seconds, devices = 0.0, {}
         start = 0
         while start < cfg.n:
             cached = _cached_chunk(folder, start, cfg.n)
@@ -270,16 +274,21 @@ def run_setting(key: str, cfg: ReproduceConfig, work: Path, train: bool = False,
                     chunk_rows = evaluate(clf.model, x, y, threat, ecfg, model_name=role, device=cfg.device)
                 else:
                     chunk_rows = evaluate_smoothed(clf.model, x, y, threat, setting.sigma, cfg)
-                done = {"n": stop - start, "seconds": time.perf_counter() - t0, "rows": chunk_rows}
+                done = {"n": stop - start, "seconds": time.perf_counter() - t0, "rows": chunk_rows,
+                        "device": _device_name(cfg.device), "torch": torch.__version__}
                 cache.write_text(json.dumps(done, indent=1) + "\n")
                 log(f"{key} {name} images {start}-{stop}: {done['seconds']:.0f} s " + ", ".join(
                     f"{r['preempt']} " + " ".join(f"{c}={r[c]:.3f}" for c in setting.columns if c in r)
                     for r in chunk_rows))
             seconds += done["seconds"]
+            # chunks from before devices were recorded ran on the GPU of bench/gpu_reproduce.sh
+            where = done.get("device", "unrecorded")
+            devices[where] = devices.get(where, 0) + done["n"]
             for r in done["rows"]:
                 parts[r["preempt"]].append({"n": done["n"], "row": r})
             start = stop
-        wall[name] = {"evaluation_seconds": round(seconds, 1), "training_seconds": card.get("wall_seconds"),
+        wall[name] = {"evaluation_seconds": round(seconds, 1), "images_by_device": devices,
+                      "training_seconds": card.get("wall_seconds"),
                       "training_command": card.get("command")}
         for preempt in ("none", "ours"):
             row = _combine(parts[preempt])
@@ -296,7 +305,7 @@ def run_setting(key: str, cfg: ReproduceConfig, work: Path, train: bool = False,
             "epsilon": setting.epsilon, "delta": setting.delta, "sigma": setting.sigma,
             "eps_sweep": default_eps_sweep(setting.epsilon), "robustify": asdict(cfg.robustify),
             "attacks": list(cfg.attacks), "device": cfg.device, "threads": torch.get_num_threads(),
-            "device_name": torch.cuda.get_device_name() if cfg.device.startswith("cuda") else "cpu",
+            "device_name": _device_name(cfg.device),
             "torch": torch.__version__,
             "wall": wall, "rows": rows, "paper_gap_closure": PAPER_GAP_CLOSURE.get(key)}
 
@@ -318,8 +327,7 @@ def markdown(report: dict) -> str:
             "is correctly classified and the attack does not change that. `Ours` rows are Preempt's robustification "
             "at its defaults, evaluated on the 8-bit image. White-box: reconstruction (Algorithm 3) and the attack "
             f"swept over eps' in {{{', '.join(f'{e:g}' for e in report['eps_sweep'])}}} (Algorithm 4), an attack "
-            "counting only inside B_eps(x_o); the column is the lowest over the sweep. Ran on "
-            f"{report.get('device_name', report['device'])} (torch {report.get('torch', '?')}).\n\n")
+            "counting only inside B_eps(x_o); the column is the lowest over the sweep. " + _where(report) + "\n\n")
     lines = ["| Model | Preempt. | " + " | ".join(_TITLES[c] for c in cols) + " | passes/image |",
              "|---|---|" + "---|" * (len(cols) + 1)]
     for r in report["rows"]:
@@ -337,10 +345,23 @@ def markdown(report: dict) -> str:
         if report.get("paper_gap_closure"):
             out += ("\nThe paper's CIFAR-10 (ADV, Ours) row gives " + ", ".join(
                 f"{_TITLES[c]} {v:.2f}" for c, v in report["paper_gap_closure"].items()) + ".\n")
-    out += "\n| Model | training command | training s | evaluation s |\n|---|---|---|---|\n"
+    out += ("\n| Model | training command | training s | evaluation s | images by device |\n"
+            "|---|---|---|---|---|\n")
     for name, w in report["wall"].items():
-        out += f"| {name} | `{w.get('training_command')}` | {w.get('training_seconds')} | {w['evaluation_seconds']} |\n"
+        where = ", ".join(f"{k}: {v}" for k, v in w.get("images_by_device", {}).items())
+        out += (f"| {name} | `{w.get('training_command')}` | {w.get('training_seconds')} | {w['evaluation_seconds']} "
+                f"| {where} |\n")
     return out
+
+
+def _where(report: dict) -> str:
+    """Which machine evaluated the images: one sentence."""
+    here = f"{report.get('device_name', report['device'])} (torch {report.get('torch', '?')})"
+    devices = {d for w in report["wall"].values() for d in w.get("images_by_device", {})}
+    if devices <= {report.get("device_name", report["device"])}:
+        return f"Ran on {here}."
+    return (f"This run was on {here}; some chunks of images came from earlier runs on other machines "
+            "(the last column of the cost table).")
 
 
 def plot(report: dict, path: Path) -> None:

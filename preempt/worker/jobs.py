@@ -69,13 +69,14 @@ class ProgressWriter:
 
     def __init__(self, store: JobStore, job_ids: List[str], interval: float = 0.5):
         self.store, self.job_ids, self.interval = store, job_ids, interval
-        self._last = 0.0
+        self._last, self._sent = 0.0, None
 
     def __call__(self, iteration: int, total: int, loss: float) -> None:
         now = time.monotonic()
-        if iteration < total and now - self._last < self.interval:
+        # the end of a pass is written at once, the same figures again (a retry holds them) at the interval
+        if now - self._last < self.interval and (iteration < total or (iteration, total) == self._sent):
             return
-        self._last = now
+        self._last, self._sent = now, (iteration, total)
         live = [j for j in self.job_ids if self.store.status(j) == "running"]
         if not live:
             raise Cancelled()

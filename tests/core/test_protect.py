@@ -60,3 +60,32 @@ def test_retry_only_touches_rejected_images_and_only_keeps_what_passes(adv_model
             if not b.report["verified"]["robust"]:
                 assert b.png == a.png  # a failed second try does not replace the first output
     assert sum(r.report["verified"]["robust"] for r in again) >= sum(r.report["verified"]["robust"] for r in first)
+
+
+def test_retry_reports_progress_that_stays_within_the_total_and_can_stop_it(adv_model, fmnist_test):
+    """During the retry the callback sees the first try's end (a bar stays full, never past it), and
+    a callback that raises (a cancelled job) stops the retry instead of being ignored by it."""
+    x, _ = fmnist_test
+    images = [decode(encode_png(x[i])) for i in range(48)]
+    threat = ThreatModel("linf", 0.1)
+    cfg = RobustifyConfig(iterations=8)
+    calls = []
+    torch.manual_seed(0)
+    out = protect_images(adv_model, images, threat, cfg, retry=True, progress=lambda i, n, loss: calls.append((i, n)))
+    assert any(r.report["retried"] for r in out)
+    assert all(n == 8 and 1 <= i <= 8 for i, n in calls)
+    first_end = calls.index((8, 8))
+    assert len(calls) > first_end + 1 and set(calls[first_end:]) == {(8, 8)}  # the retry called it, held at the end
+
+    class Cancelled(Exception):
+        pass
+
+    def cancel_after_first_try(i, n, loss, seen=[]):
+        if seen:
+            raise Cancelled()
+        if i == n:
+            seen.append(True)
+
+    torch.manual_seed(0)
+    with pytest.raises(Cancelled):
+        protect_images(adv_model, images, threat, cfg, retry=True, progress=cancel_after_first_try)
