@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
-DEFAULT_MODEL = "fmnist-linf-ours"  # preemptively robust training (Algorithm 2), linf 0.1; docs/reproduction.md
+DEFAULT_MODEL = "fmnist-linf-ours-12ep"  # preemptively robust training (Algorithm 2), linf 0.1; docs/reproduction.md
 
 # Robustification effort: outer iterations MAXITER, inner steps T, random starts N.
 # "medium" is the paper's official setting (100 x (20 + 1) passes per image).

@@ -56,7 +56,7 @@ class Setting:
 
 
 SETTINGS = {
-    "linf": Setting("linf", "linf", 0.1, 0.1, {"adv": "fmnist-linf-adv", "ours": "fmnist-linf-ours"}),
+    "linf": Setting("linf", "linf", 0.1, 0.1, {"adv": "fmnist-linf-adv-8ep", "ours": "fmnist-linf-ours-12ep"}),
     "l2": Setting("l2", "l2", 1.5, 1.5, {"adv": "fmnist-l2-adv", "ours": "fmnist-l2-ours"}),
     "smoothing": Setting("smoothing", "l2", 0.5, 0.5, {"gaussian": "fmnist-gaussian-0.25"}, sigma=0.25,
                          columns=("clean", "greybox_pgd", "greybox_pgd10", "whitebox_pgd", "whitebox_pgd10",
@@ -73,6 +73,15 @@ TRAIN_COMMANDS = {
     "fmnist-linf-ours": ["--method", "preemptive", "--norm", "linf", "--epsilon", "0.1", "--epochs", "3",
                          "--limit", "30000", "--attack-steps", "7", "--attack-step", "0.03", "--val-size", "2000",
                          "--seed", "0"],
+    "fmnist-linf-adv-8ep": ["--method", "adversarial", "--norm", "linf", "--epsilon", "0.1", "--epochs", "8",
+                            "--lr-schedule", "cosine", "--attack-steps", "7", "--attack-step", "0.03",
+                            "--val-size", "2000", "--seed", "0"],
+    "fmnist-linf-ours-6ep": ["--method", "preemptive", "--norm", "linf", "--epsilon", "0.1", "--epochs", "6",
+                             "--lr-schedule", "cosine", "--attack-steps", "7", "--attack-step", "0.03",
+                             "--val-size", "2000", "--seed", "0"],
+    "fmnist-linf-ours-12ep": ["--method", "preemptive", "--norm", "linf", "--epsilon", "0.1", "--epochs", "12",
+                              "--lr-schedule", "cosine", "--attack-steps", "7", "--attack-step", "0.03",
+                              "--val-size", "2000", "--seed", "0"],
     "fmnist-l2-adv": ["--method", "adversarial", "--norm", "l2", "--epsilon", "1.5", *_COMMON],
     "fmnist-l2-ours": ["--method", "preemptive", "--norm", "l2", "--epsilon", "1.5", *_COMMON],
     "fmnist-gaussian-0.25": ["--method", "gaussian", "--sigma", "0.25", "--epochs", "5", "--limit", "30000",

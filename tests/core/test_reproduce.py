@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from preempt.core.reproduce import ReproduceConfig, markdown, run_setting, write_report
+from preempt.core.registry import DEFAULT_MODEL, model_card
+from preempt.core.reproduce import SETTINGS, TRAIN_COMMANDS, ReproduceConfig, markdown, run_setting, write_report
 from preempt.core.robustify import RobustifyConfig
 
 SMALL = RobustifyConfig(iterations=3, steps=3)
@@ -80,10 +81,22 @@ def test_models_option_replaces_a_role_and_refuses_unknown_ones(tmp_path):
     cfg = ReproduceConfig(n=2, chunk=2, attacks=("pgd",), whitebox=False, robustify=RobustifyConfig(iterations=2, steps=2))
     report = run_setting("linf", cfg, tmp_path / "work", log=lambda m: None, models={"adv": "fmnist-linf-adv-8ep"})
     names = {(r["model"], r["model_name"]) for r in report["rows"]}
-    assert names == {("adv", "fmnist-linf-adv-8ep"), ("ours", "fmnist-linf-ours")}
+    assert names == {("adv", "fmnist-linf-adv-8ep"), ("ours", "fmnist-linf-ours-12ep")}
     assert "fmnist-linf-adv-8ep" in report["wall"]
     with pytest.raises(ValueError, match="gaussian"):
         run_setting("linf", cfg, tmp_path / "work", log=lambda m: None, models={"gaussian": "fmnist-gaussian-0.25"})
     r = subprocess.run([sys.executable, "-m", "preempt.cli", "reproduce", "--norm", "all", "--models", "adv=x"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "--models" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_every_report_model_is_shipped_with_the_command_that_trained_it_and_the_default_is_robust():
+    """`--train` would rerun exactly the command in each model card; the service's default model is the
+    preemptively robust linf model of the linf report."""
+    for setting in SETTINGS.values():
+        for name in setting.models.values():
+            card = model_card(name)
+            assert card["command"].split(" -o ")[0] == "preempt train " + " ".join(TRAIN_COMMANDS[name])
+            assert card["wall_seconds"] < 3600  # each within the 60 minutes of the 2-core machine
+    assert DEFAULT_MODEL == SETTINGS["linf"].models["ours"]
+    assert model_card(DEFAULT_MODEL)["method"] == "preemptive"
