@@ -42,10 +42,11 @@ def test_linf_report_has_the_issue_layout_and_resumes_from_cache(tmp_path):
     logs.clear()
     more = run_setting("linf", ReproduceConfig(n=8, chunk=2, attacks=("pgd",), robustify=SMALL),
                        tmp_path / "work", log=logs.append, models={"ours": "fmnist-linf-ours-6ep"})
-    assert [m.split(": ")[0].split("] ")[-1] for m in logs if "cached" in m] == [
-        "linf fmnist-linf-adv images 0-3", "linf fmnist-linf-adv images 3-6"]
+    adv = SETTINGS["linf"].models["adv"]
+    assert [m.split(": ")[0] for m in logs if "cached" in m] == [
+        f"linf {adv} images 0-3", f"linf {adv} images 3-6"]
     assert len([m for m in logs if "cached" not in m]) == 1 + 4  # adv 6-8; ours-6ep 0-2, ..., 6-8
-    assert more["n_images"] == 8 and more["rows"][0]["model_name"] == "fmnist-linf-adv"
+    assert more["n_images"] == 8 and more["rows"][0]["model_name"] == adv
 
     paths = write_report(report, tmp_path / "reports")
     assert {p.name for p in paths} == {"linf.json", "linf.md", "linf_whitebox.png"}
@@ -79,10 +80,10 @@ def test_cli_refuses_datasets_it_cannot_have(tmp_path):
 
 def test_models_option_replaces_a_role_and_refuses_unknown_ones(tmp_path):
     cfg = ReproduceConfig(n=2, chunk=2, attacks=("pgd",), whitebox=False, robustify=RobustifyConfig(iterations=2, steps=2))
-    report = run_setting("linf", cfg, tmp_path / "work", log=lambda m: None, models={"adv": "fmnist-linf-adv-8ep"})
+    report = run_setting("linf", cfg, tmp_path / "work", log=lambda m: None, models={"adv": "fmnist-linf-adv"})
     names = {(r["model"], r["model_name"]) for r in report["rows"]}
-    assert names == {("adv", "fmnist-linf-adv-8ep"), ("ours", "fmnist-linf-ours-12ep")}
-    assert "fmnist-linf-adv-8ep" in report["wall"]
+    assert names == {("adv", "fmnist-linf-adv"), ("ours", SETTINGS["linf"].models["ours"])}
+    assert "fmnist-linf-adv" in report["wall"]
     with pytest.raises(ValueError, match="gaussian"):
         run_setting("linf", cfg, tmp_path / "work", log=lambda m: None, models={"gaussian": "fmnist-gaussian-0.25"})
     r = subprocess.run([sys.executable, "-m", "preempt.cli", "reproduce", "--norm", "all", "--models", "adv=x"],
