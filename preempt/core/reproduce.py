@@ -66,6 +66,14 @@ SETTINGS = {
 # The exact `preempt train` command of every shipped model (also in its model card). Each ran
 # within 60 minutes on the project's 2-core reference machine.
 _COMMON = ["--epochs", "3", "--limit", "30000", "--attack-steps", "7", "--val-size", "2000", "--seed", "0"]
+
+
+def _linf_full(method: str, epochs: int) -> list:
+    """The longer linf runs: the whole training set, a cosine schedule."""
+    return ["--method", method, "--norm", "linf", "--epsilon", "0.1", "--epochs", str(epochs), "--lr-schedule",
+            "cosine", "--attack-steps", "7", "--attack-step", "0.03", "--val-size", "2000", "--seed", "0"]
+
+
 TRAIN_COMMANDS = {
     "fmnist-linf-adv": ["--method", "adversarial", "--norm", "linf", "--epsilon", "0.1", "--epochs", "3",
                         "--limit", "30000", "--attack-steps", "7", "--attack-step", "0.03", "--val-size", "2000",
@@ -73,15 +81,9 @@ TRAIN_COMMANDS = {
     "fmnist-linf-ours": ["--method", "preemptive", "--norm", "linf", "--epsilon", "0.1", "--epochs", "3",
                          "--limit", "30000", "--attack-steps", "7", "--attack-step", "0.03", "--val-size", "2000",
                          "--seed", "0"],
-    "fmnist-linf-adv-8ep": ["--method", "adversarial", "--norm", "linf", "--epsilon", "0.1", "--epochs", "8",
-                            "--lr-schedule", "cosine", "--attack-steps", "7", "--attack-step", "0.03",
-                            "--val-size", "2000", "--seed", "0"],
-    "fmnist-linf-ours-6ep": ["--method", "preemptive", "--norm", "linf", "--epsilon", "0.1", "--epochs", "6",
-                             "--lr-schedule", "cosine", "--attack-steps", "7", "--attack-step", "0.03",
-                             "--val-size", "2000", "--seed", "0"],
-    "fmnist-linf-ours-12ep": ["--method", "preemptive", "--norm", "linf", "--epsilon", "0.1", "--epochs", "12",
-                              "--lr-schedule", "cosine", "--attack-steps", "7", "--attack-step", "0.03",
-                              "--val-size", "2000", "--seed", "0"],
+    "fmnist-linf-adv-8ep": _linf_full("adversarial", 8),
+    "fmnist-linf-ours-6ep": _linf_full("preemptive", 6),
+    "fmnist-linf-ours-12ep": _linf_full("preemptive", 12),
     "fmnist-l2-adv": ["--method", "adversarial", "--norm", "l2", "--epsilon", "1.5", *_COMMON],
     "fmnist-l2-ours": ["--method", "preemptive", "--norm", "l2", "--epsilon", "1.5", *_COMMON],
     "fmnist-gaussian-0.25": ["--method", "gaussian", "--sigma", "0.25", "--epochs", "5", "--limit", "30000",
