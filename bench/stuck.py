@@ -1,15 +1,22 @@
 """Which images does robustification leave attackable, and could any setting protect them?
 
-    python -m bench.stuck [-n 200] [--model fmnist-linf-adv] [--deltas 0.1,0.15,0.2] [--json F]
+    python -m bench.stuck [-n 200] [--start 0] [--norm linf|l2] [--model M] [--select pgd|aa]
+                          [--deltas 0.1,0.15,0.2] [--efforts paper-full,...] [--json F]
 
-Robustifies the first n Fashion-MNIST test images at the defaults (linf eps = delta = 0.1), keeps
-the correctly classified images that PGD-20 (5 restarts) still breaks, and for each prints the
-classifier's two most likely classes and their probabilities on the original. Then it robustifies
-those images again with much more effort (the paper's full loop: no early stopping; the margin
-outer loss; 8 random starts and 300 iterations) and with larger delta, and reports for each run
-which images pass the protection report's checks: PGD-20 x 5 (``pgd``) and PGD then APGD-CE and
-APGD-T (``apgd``). If more effort at delta = 0.1 does not help and a larger delta does, the limit
-is the threat (no robust point within delta), not the search.
+Robustifies n Fashion-MNIST test images at the defaults, keeps the correctly classified images an
+attack still breaks afterwards (``--select pgd``: PGD-20 with 5 restarts; ``aa``: AutoAttack, standard
+version, the issue's criterion), and for each prints the classifier's two most likely classes on the
+original and the robustifier's final robust loss. Then it robustifies those images again with much more
+effort at the same delta (the efforts of :data:`EFFORT`: the paper's full loop without early stopping,
+the margin outer loss, targeted inner attacks toward every other class with the worst start driving
+the update, 8 random starts and 300 iterations) and at larger deltas, and reports for each run which
+images pass the protection report's checks, PGD-20 x 5 (``pgd``) and PGD then APGD-CE and APGD-T
+(``apgd``), and with ``--select aa`` AutoAttack itself (``aa``).
+
+If more effort at delta does not help and a larger delta does, the limit is the threat (no robust
+point within delta), not the search. With ``--select aa`` it also prints the **ceiling**: the AutoAttack
+gap closure the defaults would reach if every image that any effort at delta made AutoAttack-robust
+were protected, i.e. the most any robustifier found by these searches could give for this model.
 """
 
 from __future__ import annotations
@@ -20,76 +27,138 @@ import time
 import torch
 
 from bench import emit
+from preempt.core.autoattack import AutoAttack
 from preempt.core.data import fashion_mnist
 from preempt.core.images import quantize_within_budget
 from preempt.core.models import load_classifier
 from preempt.core.protect import verify_robust
+from preempt.core.registry import DEFAULT_MODEL
 from preempt.core.robustify import RobustifyConfig, robustify
 from preempt.core.threat import ThreatModel
 
+FULL = {"stop_patience": 0, "plateau_window": 0}
 EFFORT = {
-    "paper-full": {"stop_patience": 0, "plateau_window": 0},
-    "cw-outer-full": {"outer_loss": "cw", "stop_patience": 0, "plateau_window": 0},
-    "n8-300it-full": {"samples": 8, "iterations": 300, "stop_patience": 0, "plateau_window": 0},
+    "paper-full": dict(FULL),
+    "cw-outer-full": {"outer_loss": "cw", **FULL},
+    "targeted9-max-full": {"inner_loss": "targeted", "samples": 9, "aggregate": "max", **FULL},
+    "n8-300it-full": {"samples": 8, "iterations": 300, **FULL},
 }
+DEFAULTS = {  # norm -> (model, epsilon, deltas)
+    "linf": (DEFAULT_MODEL, 0.1, "0.1,0.15,0.2"),
+    "l2": ("fmnist-l2-ours", 1.5, "1.5,2.0,2.5"),
+}
+
+
+def aa_survives(model, x, label, threat: ThreatModel, batch: int) -> torch.Tensor:
+    """Per image: classified ``label`` and AutoAttack (standard) finds no example inside ``B_eps``."""
+    out = []
+    for i in range(0, len(x), batch):
+        xb, lb = x[i:i + batch], label[i:i + batch]
+        adv = AutoAttack(model, threat.norm, threat.epsilon, num_classes=10).run(xb, lb)
+        with torch.no_grad():
+            out.append((model(xb).argmax(1) == lb) & (model(adv).argmax(1) == lb))
+    return torch.cat(out)
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("-n", type=int, default=200)
-    ap.add_argument("--model", default="fmnist-linf-adv")
-    ap.add_argument("--epsilon", type=float, default=0.1)
-    ap.add_argument("--deltas", default="0.1,0.15,0.2", help="delta of each effort run; the effort variants run at the first")
-    ap.add_argument("--efforts", default=",".join(EFFORT))
+    ap.add_argument("--start", type=int, default=0, help="first test image")
+    ap.add_argument("--norm", choices=sorted(DEFAULTS), default="linf")
+    ap.add_argument("--model", default=None, help="default: the default model of the norm")
+    ap.add_argument("--epsilon", type=float, default=None)
+    ap.add_argument("--deltas", default=None, help="delta of each effort run; the effort variants run at the first")
+    ap.add_argument("--select", choices=("pgd", "aa"), default="pgd",
+                    help="the attack that picks the images still broken after robustification at the defaults")
+    ap.add_argument("--efforts", default="paper-full,cw-outer-full,n8-300it-full")
+    ap.add_argument("--batch", type=int, default=250, help="images per AutoAttack batch")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
-    eps = args.epsilon
-    deltas = [float(d) for d in args.deltas.split(",") if d]
-    x, y = fashion_mnist("test", limit=args.n)
-    model = load_classifier(args.model).model
-    threat = ThreatModel("linf", eps, deltas[0])
+    model_name, eps0, deltas0 = DEFAULTS[args.norm]
+    model_name = args.model or model_name
+    eps = args.epsilon if args.epsilon is not None else eps0
+    deltas = [float(d) for d in (args.deltas or deltas0).split(",") if d]
+    efforts = [e for e in args.efforts.split(",") if e]
+    if set(efforts) - set(EFFORT):
+        ap.error(f"unknown efforts {sorted(set(efforts) - set(EFFORT))}; choose from {sorted(EFFORT)}")
+    x, y = fashion_mnist("test", limit=args.start + args.n)
+    x, y = x[args.start:], y[args.start:]
+    model = load_classifier(model_name).model
+    threat = ThreatModel(args.norm, eps, deltas[0])
     with torch.no_grad():
         label = model(x).argmax(1)
     correct = label == y
+    t0 = time.perf_counter()
     torch.manual_seed(args.seed)
     r = robustify(model, x, threat, RobustifyConfig(), y=label)
-    xq = quantize_within_budget(r.x_rob, x, "linf", threat.delta)
+    xq = quantize_within_budget(r.x_rob, x, args.norm, threat.delta)
+    print(f"robustified {len(x)} images at the defaults: {r.passes:.0f} passes per image, "
+          f"{time.perf_counter() - t0:.0f} s", flush=True)
+    summary = {"clean": int(correct.sum())}
+    checks = ["pgd", "apgd"]
     torch.manual_seed(args.seed)
-    stuck = (correct & ~verify_robust(model, xq, label, threat, "pgd")).nonzero().flatten()
+    if args.select == "pgd":
+        kept = verify_robust(model, xq, label, threat, "pgd")
+    else:
+        checks.append("aa")
+        t0 = time.perf_counter()
+        idx = correct.nonzero().flatten()
+        orig = torch.zeros_like(correct)
+        orig[idx] = aa_survives(model, x[idx], label[idx], threat, args.batch)
+        kept = torch.zeros_like(correct)
+        kept[idx] = aa_survives(model, xq[idx], label[idx], threat, args.batch)
+        summary.update(aa_originals=int(orig.sum()), aa_robustified=int((correct & kept).sum()),
+                       aa_seconds=round(time.perf_counter() - t0, 1))
+        gap = summary["clean"] - summary["aa_originals"]
+        summary["gap_closure_aa"] = round((summary["aa_robustified"] - summary["aa_originals"]) / gap, 3) if gap else None
+    stuck = (correct & ~kept).nonzero().flatten()
     with torch.no_grad():
         top = torch.softmax(model(x[stuck]), 1).topk(2, 1)
-    print(f"{int(correct.sum())} of {len(x)} correctly classified; {stuck.numel()} still broken by PGD-20 x 5 "
-          f"after robustification at the defaults", flush=True)
-    images = [{"index": int(i), "label": int(label[i]), "p_label": round(float(top.values[k, 0]), 3),
+    print(f"{int(correct.sum())} of {len(x)} correctly classified; {stuck.numel()} still broken by "
+          f"{'PGD-20 x 5' if args.select == 'pgd' else 'AutoAttack'} after robustification at the defaults; {summary}",
+          flush=True)
+    images = [{"index": args.start + int(i), "label": int(label[i]), "p_label": round(float(top.values[k, 0]), 3),
                "runner_up": int(top.indices[k, 1]), "p_runner_up": round(float(top.values[k, 1]), 3),
                "robust_loss": round(float(r.robust_loss[i]), 3)} for k, i in enumerate(stuck.tolist())]
-    runs = [(name, deltas[0], EFFORT[name]) for name in args.efforts.split(",") if name] + \
-        [("paper-full", d, EFFORT["paper-full"]) for d in deltas[1:]]
-    rows = []
+    runs = [(name, deltas[0], EFFORT[name]) for name in efforts] + [("paper-full", d, EFFORT["paper-full"]) for d in deltas[1:]]
+    rows, recovered = [], set()
     for name, delta, cfg in runs:
         if stuck.numel() == 0:
             break
-        t = ThreatModel("linf", eps, delta)
+        t = ThreatModel(args.norm, eps, delta)
         torch.manual_seed(args.seed + 1)
         t0 = time.perf_counter()
         rr = robustify(model, x[stuck], t, RobustifyConfig(**cfg), y=label[stuck])
-        out = quantize_within_budget(rr.x_rob, x[stuck], "linf", delta)
+        out = quantize_within_budget(rr.x_rob, x[stuck], args.norm, delta)
         row = {"run": name, "delta": delta, "passes_per_image": round(rr.passes, 1),
                "seconds": round(time.perf_counter() - t0, 1)}
-        for check in ("pgd", "apgd"):
+        for check in checks:
             torch.manual_seed(args.seed)
-            ok = verify_robust(model, out, label[stuck], t, check)
+            if check == "aa":
+                ok = aa_survives(model, out, label[stuck], t, args.batch)
+                if delta == deltas[0]:
+                    recovered |= {args.start + int(i) for i in stuck[ok].tolist()}
+            else:
+                ok = verify_robust(model, out, label[stuck], t, check)
             row[f"robust_{check}"] = int(ok.sum())
-            row[f"robust_{check}_images"] = [int(i) for i in stuck[ok].tolist()]
+            row[f"robust_{check}_images"] = [args.start + int(i) for i in stuck[ok].tolist()]
         row["robust_loss"] = [round(float(v), 3) for v in rr.robust_loss]
         rows.append(row)
         print(row, flush=True)
-    result = {"model": args.model, "n_images": len(x), "epsilon": eps, "correct": int(correct.sum()),
-              "stuck": images, "rows": rows}
+    if args.select == "aa":
+        summary["recovered_at_delta"] = sorted(recovered)
+        gap = summary["clean"] - summary["aa_originals"]
+        best = summary["aa_robustified"] + len(recovered)
+        summary["ceiling_gap_closure_aa"] = round((best - summary["aa_originals"]) / gap, 3) if gap else None
+        print(f"ceiling: {len(recovered)} of the {stuck.numel()} images AutoAttack breaks at the defaults were made "
+              f"AutoAttack-robust by some effort at delta = {deltas[0]}; gap closure {summary['gap_closure_aa']} at the "
+              f"defaults, at most {summary['ceiling_gap_closure_aa']} with every effort's best", flush=True)
+    result = {"model": model_name, "norm": args.norm, "start": args.start, "n_images": len(x), "epsilon": eps,
+              "select": args.select, "correct": int(correct.sum()), "summary": summary, "stuck": images, "rows": rows}
     for im in images:
         print(im)
-    emit(result, ["run", "delta", "passes_per_image", "seconds", "robust_pgd", "robust_apgd"], args.json)
+    emit(result, ["run", "delta", "passes_per_image", "seconds"] + [f"robust_{c}" for c in checks], args.json)
     return 0
 
 
