@@ -103,18 +103,19 @@ def test_every_report_model_is_shipped_with_the_command_that_trained_it_and_the_
     assert model_card(DEFAULT_MODEL)["method"] == "preemptive"
 
 
-def test_shipped_linf_report_is_its_committed_chunks_combined(tmp_path):
-    """reports/fashion-mnist/linf.json is exactly what `preempt reproduce` builds from the committed
-    chunks, with nothing left to compute (the report can be checked and extended from them)."""
+@pytest.mark.parametrize("setting", ["linf", "l2"])
+def test_shipped_report_is_its_committed_chunks_combined(tmp_path, setting):
+    """reports/fashion-mnist/{linf,l2}.json are exactly what `preempt reproduce` builds from the
+    committed chunks, with nothing left to compute (the report can be checked and extended from them)."""
     import shutil
     from pathlib import Path
 
     reports = Path(__file__).resolve().parents[2] / "reports" / "fashion-mnist"
     shutil.copytree(reports / "chunks", tmp_path / "work")
     logs = []
-    rebuilt = run_setting("linf", ReproduceConfig(n=1000), tmp_path / "work", log=logs.append)
+    rebuilt = run_setting(setting, ReproduceConfig(n=1000), tmp_path / "work", log=logs.append)
     assert logs and all("cached" in m for m in logs)
-    shipped = json.loads((reports / "linf.json").read_text())
+    shipped = json.loads((reports / f"{setting}.json").read_text())
     assert shipped["n_images"] == 1000 and len(shipped["rows"]) == len(rebuilt["rows"]) == 4
     for a, b in zip(rebuilt["rows"], shipped["rows"]):
         assert (a["model"], a["preempt"], a["model_name"]) == (b["model"], b["preempt"], b["model_name"])
