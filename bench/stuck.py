@@ -26,9 +26,9 @@ import time
 
 import torch
 
-from bench import emit
-from preempt.core.autoattack import AutoAttack
+from bench import emit, robust_accuracy
 from preempt.core.data import fashion_mnist
+from preempt.core.evaluate import gap_closure
 from preempt.core.images import quantize_within_budget
 from preempt.core.models import load_classifier
 from preempt.core.protect import verify_robust
@@ -51,13 +51,15 @@ DEFAULTS = {  # norm -> (model, epsilon, deltas)
 
 def aa_survives(model, x, label, threat: ThreatModel, batch: int) -> torch.Tensor:
     """Per image: classified ``label`` and AutoAttack (standard) finds no example inside ``B_eps``."""
-    out = []
-    for i in range(0, len(x), batch):
-        xb, lb = x[i:i + batch], label[i:i + batch]
-        adv = AutoAttack(model, threat.norm, threat.epsilon, num_classes=10).run(xb, lb)
-        with torch.no_grad():
-            out.append((model(xb).argmax(1) == lb) & (model(adv).argmax(1) == lb))
-    return torch.cat(out)
+    masks = {}
+    robust_accuracy(model, x, label, threat, ["aa"], batch, masks=masks)
+    return masks["aa"]
+
+
+def closure(summary: dict, robust: int):
+    """AutoAttack gap closure, rounded, of ``robust`` robust outputs against the summary's originals."""
+    g = gap_closure({"clean": summary["clean"], "aa": summary["aa_originals"]}, {"aa": robust}, "aa")
+    return None if g is None else round(g, 3)
 
 
 def main(argv=None) -> int:
@@ -110,8 +112,7 @@ def main(argv=None) -> int:
         kept[idx] = aa_survives(model, xq[idx], label[idx], threat, args.batch)
         summary.update(aa_originals=int(orig.sum()), aa_robustified=int((correct & kept).sum()),
                        aa_seconds=round(time.perf_counter() - t0, 1))
-        gap = summary["clean"] - summary["aa_originals"]
-        summary["gap_closure_aa"] = round((summary["aa_robustified"] - summary["aa_originals"]) / gap, 3) if gap else None
+        summary["gap_closure_aa"] = closure(summary, summary["aa_robustified"])
     stuck = (correct & ~kept).nonzero().flatten()
     with torch.no_grad():
         top = torch.softmax(model(x[stuck]), 1).topk(2, 1)
@@ -148,9 +149,7 @@ def main(argv=None) -> int:
         print(row, flush=True)
     if args.select == "aa":
         summary["recovered_at_delta"] = sorted(recovered)
-        gap = summary["clean"] - summary["aa_originals"]
-        best = summary["aa_robustified"] + len(recovered)
-        summary["ceiling_gap_closure_aa"] = round((best - summary["aa_originals"]) / gap, 3) if gap else None
+        summary["ceiling_gap_closure_aa"] = closure(summary, summary["aa_robustified"] + len(recovered))
         print(f"ceiling: {len(recovered)} of the {stuck.numel()} images AutoAttack breaks at the defaults were made "
               f"AutoAttack-robust by some effort at delta = {deltas[0]}; gap closure {summary['gap_closure_aa']} at the "
               f"defaults, at most {summary['ceiling_gap_closure_aa']} with every effort's best", flush=True)
