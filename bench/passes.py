@@ -21,6 +21,8 @@ peak. Variants (``--variants``, comma list or ``all``; CUDA-only ones are skippe
 * ``-fold`` in a name (``bf16-fold``, ``bf16-fold-compile``): every eval-mode BatchNorm that follows a
   convolution folded into it first (``torch.fx.experimental.optimization.fuse``; the weights are
   frozen during robustification, so the fold is exact up to rounding);
+* ``-ro`` at the end (``bf16-compile-ro``, ``bf16-fold-compile-ro``): ``torch.compile`` with
+  ``mode="reduce-overhead"`` (the compiled forward and backward replayed as CUDA graphs);
 * ``-max`` at the end (``bf16-compile-max``, ``bf16-fold-compile-max``): ``torch.compile`` with
   ``mode="max-autotune"`` (Triton templates and cuDNN/cuBLAS choices benchmarked per shape, CUDA graphs).
 
@@ -45,9 +47,10 @@ from preempt.core.models import Autocast, build_model, load_classifier
 
 INPUT = {"small-cnn": (1, 28, 28), "resnet50": (3, 224, 224)}
 VARIANTS = ("nchw", "channels_last", "tf32", "bf16", "bf16-compile", "bf16-graph", "bf16-weights",
-            "bf16-weights-compile", "bf16-fold", "bf16-fold-compile", "bf16-compile-max", "bf16-fold-compile-max")
-CUDA_ONLY = {"tf32", "bf16-compile", "bf16-graph", "bf16-weights-compile", "bf16-fold-compile", "bf16-compile-max",
-             "bf16-fold-compile-max"}
+            "bf16-weights-compile", "bf16-fold", "bf16-fold-compile", "bf16-compile-ro", "bf16-fold-compile-ro",
+            "bf16-compile-max", "bf16-fold-compile-max")
+CUDA_ONLY = {"tf32", "bf16-compile", "bf16-graph", "bf16-weights-compile", "bf16-fold-compile", "bf16-compile-ro",
+             "bf16-fold-compile-ro", "bf16-compile-max", "bf16-fold-compile-max"}
 
 
 class BF16Weights(torch.nn.Module):
@@ -127,7 +130,11 @@ def make_step(model, x, y, device: str, variant: str):
 
         return replay
 
+    graphed = variant.endswith(("-ro", "-max"))  # torch.compile's CUDA graphs: one step per replay
+
     def one():
+        if graphed:
+            torch.compiler.cudagraph_mark_step_begin()
         xa = x.clone().requires_grad_(True)
         loss = F.cross_entropy(model(xa), y, reduction="sum")
         return torch.autograd.grad(loss, xa)[0]
@@ -146,6 +153,8 @@ def time_variant(base, shape, batch: int, device: str, reps: int, variant: str) 
         model = Autocast(model, torch.bfloat16)
     if variant.endswith("compile"):
         model = torch.compile(model)
+    elif variant.endswith("compile-ro"):
+        model = torch.compile(model, mode="reduce-overhead")
     elif variant.endswith("compile-max"):
         model = torch.compile(model, mode="max-autotune")
     x = torch.rand((batch,) + shape, device=device)
@@ -177,7 +186,10 @@ def main(argv=None) -> int:
     ap.add_argument("--variants", default="nchw,channels_last", help=f"comma list of {', '.join(VARIANTS)}, or all")
     ap.add_argument("--peak", action="store_true", help="measure the device's matrix-multiply peak first")
     ap.add_argument("--json", default=None, help="append the rows (JSON lines) to this file")
+    ap.add_argument("--cudnn-benchmark", action="store_true",
+                    help="let cuDNN time its algorithms per shape (torch.backends.cudnn.benchmark) instead of its heuristic")
     args = ap.parse_args(argv)
+    torch.backends.cudnn.benchmark = args.cudnn_benchmark
     variants = list(VARIANTS) if args.variants == "all" else [v for v in args.variants.split(",") if v]
     unknown = set(variants) - set(VARIANTS)
     if unknown:
@@ -203,7 +215,7 @@ def main(argv=None) -> int:
     flops = pass_flops(base, shape, args.device)
     dev = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"cpu, {torch.get_num_threads()} threads"
     print(f"model {name}, input {list(shape)}, device {args.device} ({dev}), torch {torch.__version__}, "
-          f"{flops / 1e6:.2f} MFLOP per pass")
+          f"{flops / 1e6:.2f} MFLOP per pass" + (", cudnn.benchmark on" if args.cudnn_benchmark else ""))
     print("| batch | variant | ms/pass | GFLOP/s | share of peak | s/image at 2100 passes | vs nchw |")
     print("|---|---|---|---|---|---|---|")
     rows = []
@@ -223,7 +235,7 @@ def main(argv=None) -> int:
                    "device": dev, "ms_per_pass": 1e3 * sec, "gflops": flops / sec / 1e9,
                    "peak_key": key if share is not None else None, "share_of_peak": share,
                    "s_per_image_2100": 2100 * sec, "speedup_vs_nchw": (ref / sec) if ref else None,
-                   "mflop_per_pass": flops / 1e6, "peaks_tflops": {k: p / 1e12 for k, p in peaks.items()}}
+                   "mflop_per_pass": flops / 1e6, "cudnn_benchmark": args.cudnn_benchmark, "peaks_tflops": {k: p / 1e12 for k, p in peaks.items()}}
             rows.append(row)
             print(f"| {b} | {v} | {1e3 * sec:.4f} | {flops / sec / 1e9:.1f} | "
                   f"{'-' if share is None else f'{100 * share:.1f}% of {key}'} | {2100 * sec:.3f} | "
