@@ -9,7 +9,10 @@
 #    kernels cannot exceed.
 # 2. bench.passes: the whole pass in bf16 eager, torch.compile and torch.compile + CUDA graphs
 #    (reduce-overhead), with and without cudnn.benchmark, next to the measured bf16 matrix peak.
-# 3. With the time left before DEADLINE (seconds from the start): torch.compile(mode="max-autotune").
+# 3. The 3-channel stem padded to 4, 8 and 16 channels (alone in bench.layers, and the whole pass with
+#    8 channels): the stem is ResNet-50's slowest layer per FLOP.
+# 4. With the time left before DEADLINE (seconds from the start): torch.compile(mode="max-autotune").
+# STEPS=stem runs step 3 alone.
 # Writes OUT/layers.jsonl, OUT/passes.jsonl and OUT/log.txt.
 set -u
 OUT=${OUT:-runs/gpu_peak}
@@ -25,10 +28,14 @@ step() { local limit=$1; shift; [ "$(left)" -lt "$limit" ] && limit=$(left); [ "
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader
 L="$PY -m bench.layers --device cuda --json $OUT/layers.jsonl"
 P="$PY -m bench.passes --arch resnet50 --device cuda --batch 64 --reps 20 --json $OUT/passes.jsonl"
-step 60 $L --arch resnet50 --batch 64 --peak
-step 60 $L --arch resnet50 --batch 64 --cudnn-benchmark
-step 150 $P --peak --variants bf16,bf16-compile,bf16-compile-ro
-step 120 $P --cudnn-benchmark --variants bf16,bf16-compile,bf16-compile-ro
-step 40 $L --arch wrn-34-10 --batch 64 --cudnn-benchmark
-step 400 $P --cudnn-benchmark --variants bf16-compile-max
+if [ "${STEPS:-all}" = all ]; then
+    step 60 $L --arch resnet50 --batch 64 --peak
+    step 60 $L --arch resnet50 --batch 64 --cudnn-benchmark
+    step 150 $P --peak --variants bf16,bf16-compile,bf16-compile-ro
+    step 120 $P --cudnn-benchmark --variants bf16,bf16-compile,bf16-compile-ro
+    step 40 $L --arch wrn-34-10 --batch 64 --cudnn-benchmark
+fi
+for c in 4 8 16; do step 40 $L --arch resnet50 --batch 64 --stem-pad $c --peak; done
+step 150 $P --peak --cudnn-benchmark --variants bf16-compile-ro,bf16-pad8-compile-ro
+[ "${STEPS:-all}" = all ] && step 400 $P --cudnn-benchmark --variants bf16-compile-max
 echo "=== $(date +%T) done after $(( $(date +%s) - T0 )) s"

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from bench.passes import INPUT, matmul_peak, sync
+from bench.passes import INPUT, matmul_peak, pad_stem, sync
 from preempt.core.models import build_model
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -134,6 +134,9 @@ def main(argv=None) -> int:
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--peak", action="store_true", help="measure the device's matrix-multiply peak in --dtype first")
     ap.add_argument("--json", default=None, help="append one JSON line with the totals and every layer")
+    ap.add_argument("--stem-pad", type=int, default=0,
+                    help="pad the first convolution's input channels to this many (zero weights); the rate is then "
+                         "the unpadded model's FLOPs over the padded layers' time")
     ap.add_argument("--cudnn-benchmark", action="store_true",
                     help="let cuDNN time its algorithms per shape (torch.backends.cudnn.benchmark) instead of its heuristic")
     args = ap.parse_args(argv)
@@ -141,6 +144,9 @@ def main(argv=None) -> int:
     dtype = DTYPES[args.dtype]
     model = build_model(args.arch, 1000 if args.arch == "resnet50" else 10).to(args.device).eval()
     shape = INPUT.get(args.arch, (3, 32, 32))
+    useful = sum(2 * layer_flops(k, e["out"]) * e["count"] for k, e in layer_shapes(model, shape, 1, args.device).items())
+    if args.stem_pad:
+        model = pad_stem(model, args.stem_pad)
     layers = layer_shapes(model, shape, args.batch, args.device)
     peak = None
     if args.peak:
@@ -166,13 +172,15 @@ def main(argv=None) -> int:
                      "bwd_ms": 1e3 * tb, "share_of_peak": share})
         print(f"| {name} | {entry['count']} | {flops / 1e9:.3f} | {1e3 * tf:.4f} | {flops / tf / 1e12:.1f} | "
               f"{1e3 * tb:.4f} | {flops / tb / 1e12:.1f} |" + (f" {100 * share:.1f}% |" if peak else ""), flush=True)
-    rate = total_flops / total_time
+    rate = useful * args.batch / total_time  # the unpadded model's FLOPs: padding is not useful work
     summary = {"arch": args.arch, "batch": args.batch, "dtype": args.dtype, "device": dev,
                "torch": torch.__version__, "cudnn_benchmark": args.cudnn_benchmark, "layer_gflop_per_pass": total_flops / 1e9,
-               "layer_ms_per_pass": 1e3 * total_time, "layer_tflops": rate / 1e12,
+               "layer_ms_per_pass": 1e3 * total_time, "stem_pad": args.stem_pad,
+               "useful_gflop_per_pass": useful * args.batch / 1e9, "layer_tflops": rate / 1e12,
                "peak_tflops": peak / 1e12 if peak else None, "share_of_peak": rate / peak if peak else None,
                "layers": rows}
-    print(f"layers alone, back to back: {total_flops / 1e9:.1f} GFLOP in {1e3 * total_time:.3f} ms per batch pass "
+    print(f"layers alone, back to back: {total_flops / 1e9:.1f} GFLOP ({useful * args.batch / 1e9:.1f} of the unpadded "
+          f"model) in {1e3 * total_time:.3f} ms per batch pass "
           f"= {rate / 1e12:.1f} TFLOP/s" + (f" = {100 * rate / peak:.1f}% of the measured peak" if peak else ""))
     if args.json:
         with Path(args.json).open("a") as f:

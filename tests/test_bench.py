@@ -34,3 +34,26 @@ def test_batchnorm_folding_keeps_logits_and_input_gradient():
         grads.append(torch.autograd.grad(F.cross_entropy(out, y), xa)[0])
     assert (logits[0] - logits[1]).abs().max() <= 1e-10 * logits[0].abs().max()
     assert (grads[0] - grads[1]).norm() <= 1e-10 * grads[0].norm()
+
+
+def test_padded_stem_keeps_logits_and_input_gradient():
+    from bench.passes import pad_stem
+
+    torch.manual_seed(0)
+    model = build_model("resnet50", 10).eval().double()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    import copy
+
+    padded = pad_stem(copy.deepcopy(model), 8)
+    stem = [m for m in padded.modules() if isinstance(m, torch.nn.Conv2d)][0]
+    assert stem.in_channels == 8
+    x = torch.rand(2, 3, 64, 64, dtype=torch.float64)
+    y = torch.tensor([3, 4])
+    outs = []
+    for net in (model, padded):
+        xa = x.clone().requires_grad_(True)
+        out = net(xa)
+        outs.append((out.detach(), torch.autograd.grad(F.cross_entropy(out, y), xa)[0]))
+    assert (outs[0][0] - outs[1][0]).abs().max() <= 1e-10 * outs[0][0].abs().max()
+    assert (outs[0][1] - outs[1][1]).norm() <= 1e-10 * outs[0][1].norm()
