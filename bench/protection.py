@@ -11,7 +11,8 @@ per image and seconds per image for every variant, in one run on one machine.
 Variants (``--variants``): ``paper`` (CE inner loss, mean over N = 1 start: the defaults), ``cw``
 (margin inner loss), ``cw3-max``, ``targeted3-max``, ``targeted3-mean``, ``ce3-max`` (N = 3 starts;
 ``targeted`` aims start k at the k-th runner-up class; ``max`` lets the worst start drive the
-update).
+update); ``paper-full`` (no early stopping); ``stop0.1``, ``stop0.02`` (early stopping only below this
+inner-attack loss instead of ln 2).
 
 ``--retry`` adds the row ``paper+retry``: the defaults through the product's pipeline
 (``protect_images(retry=True)``: 8-bit PNGs, the report's check, and one second try with
@@ -51,6 +52,8 @@ VARIANTS = {
     "random-init": {"init": "random"},
     "paper-full": {"stop_patience": 0, "plateau_window": 0},
     "random-init-full": {"init": "random", "stop_patience": 0, "plateau_window": 0},
+    "stop0.1": {"stop_loss": 0.1},
+    "stop0.02": {"stop_loss": 0.02},
 }
 
 
