@@ -57,3 +57,17 @@ def test_padded_stem_keeps_logits_and_input_gradient():
         outs.append((out.detach(), torch.autograd.grad(F.cross_entropy(out, y), xa)[0]))
     assert (outs[0][0] - outs[1][0]).abs().max() <= 1e-10 * outs[0][0].abs().max()
     assert (outs[0][1] - outs[1][1]).norm() <= 1e-10 * outs[0][1].norm()
+
+
+def test_layer_ceiling_counts_the_whole_pass():
+    """bench.layers' bound is about the pass only if its layers carry all the pass's FLOPs."""
+    from bench.layers import layer_flops, layer_shapes
+    from bench.passes import pass_flops
+
+    model = build_model("resnet50", 1000).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    layers = layer_shapes(model, (3, 64, 64), 2, "cpu")
+    assert sum(e["count"] for e in layers.values()) == 54  # 53 convolutions and the classifier
+    counted = sum(2 * layer_flops(k, e["out"]) * e["count"] for k, e in layers.items())
+    assert counted == 2 * pass_flops(model, (3, 64, 64), "cpu")
