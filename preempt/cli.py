@@ -96,8 +96,8 @@ def cmd_robustify(args) -> int:
     for k in ("iterations", "steps", "samples"):
         if getattr(args, k) is not None:
             settings[k] = getattr(args, k)
-    cfg = RobustifyConfig(**settings, stop_patience=args.stop_patience, plateau_window=args.plateau_window,
-                          inner_loss=args.inner_loss, aggregate=args.aggregate)
+    cfg = RobustifyConfig(**settings, stop_patience=args.stop_patience, stop_loss=args.stop_loss,
+                          plateau_window=args.plateau_window, inner_loss=args.inner_loss, aggregate=args.aggregate)
     inputs = []
     for p in args.inputs:
         p = Path(p)
@@ -218,7 +218,7 @@ def cmd_evaluate(args) -> int:
     attacks = tuple(a.strip() for a in args.attacks.split(",") if a.strip())
     cfg = EvalConfig(attacks=attacks, whitebox=args.whitebox, batch_size=args.batch_size,
                      robustify=RobustifyConfig(iterations=args.iterations, steps=args.steps, samples=args.samples,
-                                               stop_patience=args.stop_patience,
+                                               stop_patience=args.stop_patience, stop_loss=args.stop_loss,
                                                plateau_window=args.plateau_window,
                                                inner_loss=args.inner_loss, aggregate=args.aggregate))
     bar = _bar(len(x), "evaluate", "img")
@@ -284,7 +284,7 @@ def cmd_reproduce(args) -> int:
     cfg = ReproduceConfig(n=args.n, chunk=min(args.chunk, args.n), attacks=attacks, whitebox=not args.no_whitebox,
                           whitebox_attacks=wb,
                           device=args.device, seed=args.seed, certify_n=args.certify_n,
-                          robustify=RobustifyConfig(stop_patience=args.stop_patience,
+                          robustify=RobustifyConfig(stop_patience=args.stop_patience, stop_loss=args.stop_loss,
                                                     plateau_window=args.plateau_window, samples=args.samples,
                                                     inner_loss=args.inner_loss, aggregate=args.aggregate))
     keys = list(SETTINGS) if args.norm == "all" else [args.norm]
@@ -322,8 +322,10 @@ def _non_negative_int(s: str) -> int:
 
 def _add_stop(p) -> None:
     p.add_argument("--stop-patience", type=_non_negative_int, default=3,
-                   help="stop an image after this many outer iterations with attack loss below ln 2, "
+                   help="stop an image after this many outer iterations with attack loss below --stop-loss, "
                         "confirmed by a fresh attack (0: off)")
+    p.add_argument("--stop-loss", type=_positive_float, default=None,
+                   help="the attack loss under which an image may stop (default: ln 2; 0.1 for l2 without smoothing)")
     p.add_argument("--plateau-window", type=_non_negative_int, default=20,
                    help="stop an image whose mean attack loss over this many iterations fell less than 2%% "
                         "below the window before (0: off; with --stop-patience 0, the paper's loop)")

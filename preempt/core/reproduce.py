@@ -132,6 +132,19 @@ def ensure_model(name: str, work: Path, train: bool, log: Callable[[str], None])
     return path
 
 
+def _robustify_identity(rcfg, setting, threat: ThreatModel) -> dict:
+    """The robustifier's settings as a chunk's identity records them, with ``stop_loss`` resolved: the
+    threshold a config leaves at ``None`` depends on the norm (0.1 for l2 since session 8). Chunks made
+    when ``None`` meant ln 2 keep their keys: a resolved ln 2 (0 for the margin outer loss) is written
+    as ``None``, so they are reused exactly when the same threshold runs again."""
+    from .robustify import default_stop_loss, legacy_stop_loss
+
+    ident = asdict(rcfg)
+    stop = rcfg.stop_loss if rcfg.stop_loss is not None else default_stop_loss(replace(rcfg, sigma=setting.sigma), threat)
+    ident["stop_loss"] = None if stop == legacy_stop_loss(rcfg) else stop
+    return ident
+
+
 def _key(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
@@ -257,7 +270,7 @@ def run_setting(key: str, cfg: ReproduceConfig, work: Path, train: bool = False,
         # What decides this model's figures: not the models of the other roles.
         ident = {"model": name, "role": role, "model_sha": hashlib.sha256(path.read_bytes()).hexdigest()[:12],
                  "setting": {k: v for k, v in asdict(setting).items() if k != "models"},
-                 "robustify": asdict(cfg.robustify), "attacks": list(cfg.attacks),
+                 "robustify": _robustify_identity(cfg.robustify, setting, threat), "attacks": list(cfg.attacks),
                  "whitebox": cfg.whitebox, "whitebox_attacks": cfg.whitebox_attacks, "seed": cfg.seed,
                  **({"noise_samples": cfg.noise_samples, "predict_samples": cfg.predict_samples,
                      "certify": [cfg.certify_n0, cfg.certify_n, cfg.certify_alpha]} if setting.sigma else {})}

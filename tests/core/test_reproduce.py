@@ -1,6 +1,7 @@
 """``preempt reproduce``'s pipeline on a few real Fashion-MNIST test images (small settings)."""
 
 import json
+import math
 import re
 import subprocess
 import sys
@@ -113,7 +114,9 @@ def test_shipped_report_is_its_committed_chunks_combined(tmp_path, setting):
     reports = Path(__file__).resolve().parents[2] / "reports" / "fashion-mnist"
     shutil.copytree(reports / "chunks", tmp_path / "work")
     logs = []
-    rebuilt = run_setting(setting, ReproduceConfig(n=1000), tmp_path / "work", log=logs.append)
+    # made with the ln 2 stopping rule, the l2 default before session 8 (the l2 default is now 0.1)
+    made_with = ReproduceConfig(n=1000, robustify=RobustifyConfig(stop_loss=math.log(2)))
+    rebuilt = run_setting(setting, made_with, tmp_path / "work", log=logs.append)
     assert logs and all("cached" in m for m in logs)
     shipped = json.loads((reports / f"{setting}.json").read_text())
     assert shipped["n_images"] == 1000 and len(shipped["rows"]) == len(rebuilt["rows"]) == 4
@@ -121,3 +124,21 @@ def test_shipped_report_is_its_committed_chunks_combined(tmp_path, setting):
         assert (a["model"], a["preempt"], a["model_name"]) == (b["model"], b["preempt"], b["model_name"])
         for c in ("clean", "greybox_pgd", "greybox_aa", "whitebox_pgd", "whitebox_aa", "passes"):
             assert a[c] == pytest.approx(b[c], abs=1e-9)
+
+
+def test_chunk_identity_follows_the_stop_threshold_that_runs():
+    """A chunk cached under one early-stopping threshold is never reused for another: l2's default
+    (0.1) gets its own key, and ln 2 keeps the key it had when it was every norm's default."""
+    from preempt.core.reproduce import _key, _robustify_identity
+    from preempt.core.threat import ThreatModel
+
+    def key(setting, rcfg):
+        s = SETTINGS[setting]
+        return _key(_robustify_identity(rcfg, s, ThreatModel(s.norm, s.epsilon, s.delta)))
+
+    ln2 = RobustifyConfig(stop_loss=math.log(2))
+    assert key("l2", RobustifyConfig()) != key("l2", ln2)
+    assert key("l2", RobustifyConfig()) == key("l2", RobustifyConfig(stop_loss=0.1))
+    assert _robustify_identity(ln2, SETTINGS["l2"], ThreatModel("l2", 1.5, 1.5))["stop_loss"] is None
+    assert key("linf", RobustifyConfig()) == key("linf", ln2)  # linf keeps ln 2: its cached chunks stay valid
+    assert key("smoothing", RobustifyConfig()) == key("smoothing", ln2)  # smoothed l2 keeps ln 2 too

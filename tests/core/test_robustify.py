@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 
 from preempt.core.attacks import pgd, pgd_dynamics
-from preempt.core.robustify import RobustifyConfig, margin_loss, robustify
+from preempt.core.robustify import L2_STOP_LOSS, RobustifyConfig, margin_loss, robustify
 from preempt.core.threat import Geometry, ThreatModel, flat_norm
 from tests.conftest import accuracy
 
@@ -207,3 +207,28 @@ def test_margin_outer_loss_raises_the_worst_case_margin(adv_model, fmnist_test):
             return margin_loss(adv_model, xa, r.label)
 
     assert float(worst_margin(r.x_rob).mean()) < float(worst_margin(x).mean()) - 0.5
+
+
+def test_l2_images_stop_only_below_the_stricter_threshold(adv_model, fmnist_test):
+    """For l2 the default stop threshold is 0.1, not ln 2 (AutoAttack broke most l2 images stopped
+    at ln 2): every image that stops early stops below 0.1, and the ln 2 rule stops images the new
+    rule runs on."""
+    x, _ = fmnist_test
+    x = x[:48]
+    threat = ThreatModel("l2", 1.5)
+    assert RobustifyConfig().resolved(threat).stop_loss == L2_STOP_LOSS == 0.1
+    assert RobustifyConfig().resolved(ThreatModel("linf", 0.1)).stop_loss == math.log(2)
+    runs = {}
+    for name, stop in (("default", None), ("ln2", math.log(2))):
+        torch.manual_seed(0)
+        runs[name] = robustify(adv_model, x, threat, RobustifyConfig(iterations=20, steps=5, plateau_window=0,
+                                                                     stop_loss=stop))
+    for name, limit in (("default", 0.1), ("ln2", math.log(2))):
+        r = runs[name]
+        stopped = r.stopped_at < 20
+        assert stopped.any()
+        assert (r.robust_loss[stopped] < limit).all()
+        assert float(r.l2.max()) <= 1.5 + 1e-4
+    assert runs["default"].passes > runs["ln2"].passes
+    ln2 = runs["ln2"]
+    assert ((ln2.stopped_at < 20) & (ln2.robust_loss >= 0.1)).any()  # stopped by ln 2, not by 0.1
