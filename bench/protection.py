@@ -11,8 +11,8 @@ per image and seconds per image for every variant, in one run on one machine.
 Variants (``--variants``): ``paper`` (CE inner loss, mean over N = 1 start: the defaults), ``cw``
 (margin inner loss), ``cw3-max``, ``targeted3-max``, ``targeted3-mean``, ``ce3-max`` (N = 3 starts;
 ``targeted`` aims start k at the k-th runner-up class; ``max`` lets the worst start drive the
-update); ``paper-full`` (no early stopping); ``stop0.1``, ``stop0.02`` (early stopping only below this
-inner-attack loss instead of ln 2).
+update); ``paper-full`` (no early stopping); ``stop-ln2``, ``stop0.1``, ``stop0.02`` (early stopping
+only below this inner-attack loss; ``paper`` is the default, ln 2 for linf and 0.1 for l2 since session 8).
 
 ``--retry`` adds the row ``paper+retry``: the defaults through the product's pipeline
 (``protect_images(retry=True)``: 8-bit PNGs, the report's check, and one second try with
@@ -26,6 +26,7 @@ weakness of the inner attack that a stronger attack or check would catch).
 from __future__ import annotations
 
 import argparse
+import math
 import time
 
 import torch
@@ -52,6 +53,7 @@ VARIANTS = {
     "random-init": {"init": "random"},
     "paper-full": {"stop_patience": 0, "plateau_window": 0},
     "random-init-full": {"init": "random", "stop_patience": 0, "plateau_window": 0},
+    "stop-ln2": {"stop_loss": math.log(2)},  # the pre-session-8 default for l2 (linf's default)
     "stop0.1": {"stop_loss": 0.1},
     "stop0.02": {"stop_loss": 0.02},
 }
@@ -60,6 +62,7 @@ VARIANTS = {
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("-n", type=int, default=200)
+    ap.add_argument("--start", type=int, default=0, help="first test image (images start .. start + n)")
     ap.add_argument("--model", default="fmnist-linf-ours")
     ap.add_argument("--norm", choices=["linf", "l2"], default="linf")
     ap.add_argument("--epsilon", type=float, default=None, help="default 0.1 (linf) or 1.5 (l2); delta = epsilon")
@@ -84,7 +87,8 @@ def main(argv=None) -> int:
     attacks = [a for a in args.attacks.split(",") if a]
     eps = args.epsilon or (0.1 if args.norm == "linf" else 1.5)
     threat = ThreatModel(args.norm, eps, eps)
-    x, y = fashion_mnist("test", limit=args.n)
+    x, y = fashion_mnist("test", limit=args.start + args.n)
+    x, y = x[args.start:], y[args.start:]
     x, y = x.to(args.device), y.to(args.device)
     model = load_classifier(args.model, device=args.device).model
     with torch.no_grad():
@@ -151,7 +155,7 @@ def main(argv=None) -> int:
         [f"broken_{a}_loss_{s}_ln2" for a in attacks for s in ("above", "below")] + \
         (["verified"] + [f"verified_broken_by_{a}" for a in attacks] if args.verify or args.retry else []) + \
         (["retried", "retried_now_verified"] if args.retry else [])
-    result = {"n_images": len(x), "model": args.model, "norm": args.norm, "epsilon": eps, "delta": eps,
+    result = {"n_images": len(x), "start": args.start, "model": args.model, "norm": args.norm, "epsilon": eps, "delta": eps,
               "device": args.device, "threads": torch.get_num_threads(), "rows": rows}
     emit(result, cols, args.json, args.markdown)
     return 0
