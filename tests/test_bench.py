@@ -1,10 +1,26 @@
 """The benchmark's model transforms must not change what they time."""
 
+import copy
+
 import torch
 import torch.nn.functional as F
 
-from bench.passes import fold_batchnorm
+from bench.passes import fold_batchnorm, pad_stem
 from preempt.core.models import build_model
+
+
+def assert_same_logits_and_input_gradient(model, transformed, y):
+    """Both float64 nets compute the same logits and input gradient up to rounding, on random images
+    (the transform is exact algebra, so any larger difference is a bug)."""
+    x = torch.rand(len(y), 3, 64, 64, dtype=torch.float64)
+    grads, logits = [], []
+    for net in (model, transformed):
+        xa = x.clone().requires_grad_(True)
+        out = net(xa)
+        logits.append(out.detach())
+        grads.append(torch.autograd.grad(F.cross_entropy(out, y), xa)[0])
+    assert (logits[0] - logits[1]).abs().max() <= 1e-10 * logits[0].abs().max()
+    assert (grads[0] - grads[1]).norm() <= 1e-10 * grads[0].norm()
 
 
 def test_batchnorm_folding_keeps_logits_and_input_gradient():
@@ -24,39 +40,18 @@ def test_batchnorm_folding_keeps_logits_and_input_gradient():
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())  # the original is untouched
 
-    x = torch.rand(2, 3, 64, 64, dtype=torch.float64)
-    y = torch.tensor([1, 7])
-    grads, logits = [], []
-    for net in (model, folded):
-        xa = x.clone().requires_grad_(True)
-        out = net(xa)
-        logits.append(out.detach())
-        grads.append(torch.autograd.grad(F.cross_entropy(out, y), xa)[0])
-    assert (logits[0] - logits[1]).abs().max() <= 1e-10 * logits[0].abs().max()
-    assert (grads[0] - grads[1]).norm() <= 1e-10 * grads[0].norm()
+    assert_same_logits_and_input_gradient(model, folded, torch.tensor([1, 7]))
 
 
 def test_padded_stem_keeps_logits_and_input_gradient():
-    from bench.passes import pad_stem
-
     torch.manual_seed(0)
     model = build_model("resnet50", 10).eval().double()
     for p in model.parameters():
         p.requires_grad_(False)
-    import copy
-
     padded = pad_stem(copy.deepcopy(model), 8)
     stem = [m for m in padded.modules() if isinstance(m, torch.nn.Conv2d)][0]
     assert stem.in_channels == 8
-    x = torch.rand(2, 3, 64, 64, dtype=torch.float64)
-    y = torch.tensor([3, 4])
-    outs = []
-    for net in (model, padded):
-        xa = x.clone().requires_grad_(True)
-        out = net(xa)
-        outs.append((out.detach(), torch.autograd.grad(F.cross_entropy(out, y), xa)[0]))
-    assert (outs[0][0] - outs[1][0]).abs().max() <= 1e-10 * outs[0][0].abs().max()
-    assert (outs[0][1] - outs[1][1]).norm() <= 1e-10 * outs[0][1].norm()
+    assert_same_logits_and_input_gradient(model, padded, torch.tensor([3, 4]))
 
 
 def test_layer_ceiling_counts_the_whole_pass():

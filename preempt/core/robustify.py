@@ -83,20 +83,19 @@ def runner_up_targets(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, 
 L2_STOP_LOSS = 0.1
 
 
-def default_stop_loss(cfg: "RobustifyConfig", threat: ThreatModel) -> float:
-    """The ``stop_loss`` a config without one gets: 0 for the margin outer loss (its sign is the
-    decision), 0.1 for l2 on a plain classifier, ln 2 otherwise (Lemma 1)."""
-    if cfg.outer_loss != "ce":
-        return 0.0
-    if threat.norm == "l2" and cfg.sigma is None:
-        return L2_STOP_LOSS
-    return math.log(2)
-
-
 def legacy_stop_loss(cfg: "RobustifyConfig") -> float:
-    """The ``stop_loss`` that ``None`` meant before the l2 threshold (ln 2, or 0 for the margin outer
-    loss): cached results made with it are keyed by ``None`` (core.reproduce)."""
+    """The ``stop_loss`` that ``None`` meant before the l2 threshold: ln 2 for the CE outer loss
+    (Lemma 1), 0 for the margin (its sign is the decision). Cached results made with it are keyed by
+    ``None`` (core.reproduce)."""
     return math.log(2) if cfg.outer_loss == "ce" else 0.0
+
+
+def default_stop_loss(cfg: "RobustifyConfig", threat: ThreatModel) -> float:
+    """The ``stop_loss`` a config without one gets: 0.1 for l2 on a plain classifier with the CE outer
+    loss, otherwise :func:`legacy_stop_loss`."""
+    if cfg.outer_loss == "ce" and threat.norm == "l2" and cfg.sigma is None:
+        return L2_STOP_LOSS
+    return legacy_stop_loss(cfg)
 
 
 @dataclass
