@@ -16,7 +16,9 @@ only below this inner-attack loss; ``paper`` is the default, ln 2 for linf and 0
 
 ``--retry`` adds the row ``paper+retry``: the defaults through the product's pipeline
 (``protect_images(retry=True)``: 8-bit PNGs, the report's check, and one second try with
-``RETRY_CONFIG`` for the images the check rejects).
+``RETRY_CONFIG`` for the images the check rejects). ``--retry-configs targeted3-max-full,paper-full`` adds
+one such row per second-try configuration (``protect.RETRY_CONFIGS``), named ``paper+retry-<name>``
+(``paper+retry`` is ``RETRY_CONFIG``, ``targeted9-max-full``).
 
 For each variant the images an attack breaks are split by the robustifier's own final robust loss:
 above ln 2 (it found no robust point: a search or model limit) or below (its check was fooled: a
@@ -36,7 +38,7 @@ from preempt.core.data import fashion_mnist
 from preempt.core.evaluate import gap_closure
 from preempt.core.images import decode, encode_png, quantize_within_budget
 from preempt.core.models import load_classifier
-from preempt.core.protect import RETRY_CONFIG, protect_images, verify_robust
+from preempt.core.protect import RETRY_CONFIG, RETRY_CONFIGS, protect_images, verify_robust
 from preempt.core.robustify import RobustifyConfig, robustify
 from preempt.core.threat import ThreatModel
 
@@ -75,6 +77,9 @@ def main(argv=None) -> int:
     ap.add_argument("--retry", action="store_true",
                     help="also the defaults through protect_images(retry=True): 8-bit PNGs, the report's check, and one "
                          "second try (RETRY_CONFIG) for the images it rejects")
+    ap.add_argument("--retry-configs", default=None,
+                    help="comma-separated second-try configurations for the retry rows (implies --retry; "
+                         f"choose from {', '.join(RETRY_CONFIGS)}; default targeted9-max-full = RETRY_CONFIG)")
     ap.add_argument("--batch", type=int, default=200)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--seed", type=int, default=0)
@@ -85,6 +90,10 @@ def main(argv=None) -> int:
     if set(variants) - set(VARIANTS):
         ap.error(f"unknown variants {sorted(set(variants) - set(VARIANTS))}; choose from {sorted(VARIANTS)}")
     attacks = [a for a in args.attacks.split(",") if a]
+    retry_configs = [c for c in (args.retry_configs or ("targeted9-max-full" if args.retry else "")).split(",") if c]
+    if set(retry_configs) - set(RETRY_CONFIGS):
+        ap.error(f"unknown retry configs {sorted(set(retry_configs) - set(RETRY_CONFIGS))}; "
+                 f"choose from {sorted(RETRY_CONFIGS)}")
     eps = args.epsilon or (0.1 if args.norm == "linf" else 1.5)
     threat = ThreatModel(args.norm, eps, eps)
     x, y = fashion_mnist("test", limit=args.start + args.n)
@@ -125,18 +134,19 @@ def main(argv=None) -> int:
             row[f"gap_closure_{a}"] = gap_closure(rows[0], row, f"greybox_{a}")
         rows.append(row)
         print(row, flush=True)
-    if args.retry:  # the defaults through the product's own pipeline (8-bit PNGs), check and one retry
+    for rc in retry_configs:  # the defaults through the product's own pipeline (8-bit PNGs), check and one retry
         torch.manual_seed(args.seed)
         images = [decode(encode_png(x[i].cpu())) for i in range(len(x))]
         t0 = time.perf_counter()
         results = []
         for i in range(0, len(x), args.batch):
             results += protect_images(model, images[i:i + args.batch], threat, RobustifyConfig(), device=args.device,
-                                      retry=True)
+                                      retry=True, retry_config=RETRY_CONFIGS[rc])
         sec = time.perf_counter() - t0
         xr = torch.stack([r.pixels for r in results]).to(args.device)
         masks = {}
-        row = {"variant": "paper+retry", "config": {"retry": RETRY_CONFIG},
+        name = "paper+retry" if RETRY_CONFIGS[rc] == RETRY_CONFIG else f"paper+retry-{rc}"
+        row = {"variant": name, "config": {"retry": RETRY_CONFIGS[rc]},
                "passes_per_image": round(sum(r.report["passes"] for r in results) / len(x), 1),
                "seconds_per_image": round(sec / len(x), 4),
                "retried": sum(r.report["retried"] for r in results),
@@ -153,8 +163,8 @@ def main(argv=None) -> int:
     cols = ["variant", "passes_per_image", "seconds_per_image", "clean"] + [f"greybox_{a}" for a in attacks] + \
         (["whitebox_pgd"] if args.whitebox else []) + [f"gap_closure_{a}" for a in attacks] + \
         [f"broken_{a}_loss_{s}_ln2" for a in attacks for s in ("above", "below")] + \
-        (["verified"] + [f"verified_broken_by_{a}" for a in attacks] if args.verify or args.retry else []) + \
-        (["retried", "retried_now_verified"] if args.retry else [])
+        (["verified"] + [f"verified_broken_by_{a}" for a in attacks] if args.verify or retry_configs else []) + \
+        (["retried", "retried_now_verified"] if retry_configs else [])
     result = {"n_images": len(x), "start": args.start, "model": args.model, "norm": args.norm, "epsilon": eps, "delta": eps,
               "device": args.device, "threads": torch.get_num_threads(), "rows": rows}
     emit(result, cols, args.json, args.markdown)

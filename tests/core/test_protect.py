@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from preempt.core.images import decode, encode_png
-from preempt.core.protect import VERIFY_ATTACKS, protect_images, verify_robust
+from preempt.core.protect import RETRY_CONFIG, RETRY_CONFIGS, VERIFY_ATTACKS, protect_images, verify_robust
 from preempt.core.robustify import RobustifyConfig
 from preempt.core.threat import ThreatModel
 
@@ -60,6 +60,30 @@ def test_retry_only_touches_rejected_images_and_only_keeps_what_passes(adv_model
             if not b.report["verified"]["robust"]:
                 assert b.png == a.png  # a failed second try does not replace the first output
     assert sum(r.report["verified"]["robust"] for r in again) >= sum(r.report["verified"]["robust"] for r in first)
+
+
+def test_retry_config_sets_the_second_tries_cost(adv_model, fmnist_test):
+    """A cheaper second try (``retry_config``) runs on the same rejected images for its own number of
+    passes: the full loop's T + 1 passes per outer iteration times its number of starts (1 for
+    ``paper-full``, 3 for ``targeted3-max-full``); the default, ``RETRY_CONFIG``, has 9."""
+    x, _ = fmnist_test
+    images = [decode(encode_png(x[i])) for i in range(12)]
+    threat = ThreatModel("linf", 0.1)
+    cfg = RobustifyConfig(iterations=3)
+    assert RETRY_CONFIGS["targeted9-max-full"] == RETRY_CONFIG and RETRY_CONFIG["samples"] == 9
+    torch.manual_seed(0)
+    first = protect_images(adv_model, images, threat, cfg, verify_attack="pgd")
+    rejected = [i for i, r in enumerate(first) if r.report["label_kept"] and not r.report["verified"]["robust"]]
+    assert rejected, "the weak fixture model should leave images the check rejects"
+    for name, starts in (("paper-full", 1), ("targeted3-max-full", 3)):
+        torch.manual_seed(0)
+        out = protect_images(adv_model, images, threat, cfg, verify_attack="pgd", retry=True,
+                             retry_config=RETRY_CONFIGS[name])
+        assert [i for i, r in enumerate(out) if r.report["retried"]] == rejected, name
+        for i, (a, b) in enumerate(zip(first, out)):
+            added = starts * cfg.iterations * (cfg.steps + 1) if i in rejected else 0
+            assert b.report["passes"] - a.report["passes"] == added, (name, i)
+            assert b.report["linf"] <= threat.delta + 1e-6
 
 
 def test_retry_reports_progress_that_stays_within_the_total_and_can_stop_it(adv_model, fmnist_test):
