@@ -57,7 +57,7 @@ class Setting:
 
 SETTINGS = {
     "linf": Setting("linf", "linf", 0.1, 0.1, {"adv": "fmnist-linf-adv-8ep", "ours": "fmnist-linf-ours-12ep"}),
-    "l2": Setting("l2", "l2", 1.5, 1.5, {"adv": "fmnist-l2-adv", "ours": "fmnist-l2-ours"}),
+    "l2": Setting("l2", "l2", 1.5, 1.5, {"adv": "fmnist-l2-adv-8ep", "ours": "fmnist-l2-ours-8ep"}),
     "smoothing": Setting("smoothing", "l2", 0.5, 0.5, {"gaussian": "fmnist-gaussian-0.25"}, sigma=0.25,
                          columns=("clean", "greybox_pgd", "greybox_pgd10", "whitebox_pgd", "whitebox_pgd10",
                                   "certified")),
@@ -74,6 +74,12 @@ def _linf_full(method: str, epochs: int) -> list:
             "cosine", "--attack-steps", "7", "--attack-step", "0.03", "--val-size", "2000", "--seed", "0"]
 
 
+def _l2_full(method: str, epochs: int) -> list:
+    """The longer l2 runs (session 9): the whole training set, a cosine schedule, the default attack step."""
+    return ["--method", method, "--norm", "l2", "--epsilon", "1.5", "--epochs", str(epochs), "--lr-schedule",
+            "cosine", "--attack-steps", "7", "--val-size", "2000", "--seed", "0"]
+
+
 TRAIN_COMMANDS = {
     "fmnist-linf-adv": ["--method", "adversarial", "--norm", "linf", "--epsilon", "0.1", "--epochs", "3",
                         "--limit", "30000", "--attack-steps", "7", "--attack-step", "0.03", "--val-size", "2000",
@@ -86,6 +92,8 @@ TRAIN_COMMANDS = {
     "fmnist-linf-ours-12ep": _linf_full("preemptive", 12),
     "fmnist-l2-adv": ["--method", "adversarial", "--norm", "l2", "--epsilon", "1.5", *_COMMON],
     "fmnist-l2-ours": ["--method", "preemptive", "--norm", "l2", "--epsilon", "1.5", *_COMMON],
+    "fmnist-l2-adv-8ep": _l2_full("adversarial", 8),
+    "fmnist-l2-ours-8ep": _l2_full("preemptive", 8),
     "fmnist-gaussian-0.25": ["--method", "gaussian", "--sigma", "0.25", "--epochs", "5", "--limit", "30000",
                              "--val-size", "2000", "--seed", "0"],
 }
