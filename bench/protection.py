@@ -18,7 +18,7 @@ only below this inner-attack loss; ``paper`` is the default, ln 2 for linf and 0
 (``protect_images(retry=True)``: 8-bit PNGs, the report's check, and one second try with
 ``RETRY_CONFIG`` for the images the check rejects). ``--retry-configs targeted3-max-full,paper-full`` adds
 one such row per second-try configuration (``protect.RETRY_CONFIGS``), named ``paper+retry-<name>``
-(``paper+retry`` is ``RETRY_CONFIG``, ``targeted9-max-full``).
+(``paper+retry`` is ``RETRY_CONFIG``: ``targeted3-max-full`` since session 9, ``targeted9-max-full`` before).
 
 For each variant the images an attack breaks are split by the robustifier's own final robust loss:
 above ln 2 (it found no robust point: a search or model limit) or below (its check was fooled: a
@@ -79,7 +79,7 @@ def main(argv=None) -> int:
                          "second try (RETRY_CONFIG) for the images it rejects")
     ap.add_argument("--retry-configs", default=None,
                     help="comma-separated second-try configurations for the retry rows (implies --retry; "
-                         f"choose from {', '.join(RETRY_CONFIGS)}; default targeted9-max-full = RETRY_CONFIG)")
+                         f"choose from {', '.join(RETRY_CONFIGS)}; default: RETRY_CONFIG, targeted3-max-full)")
     ap.add_argument("--batch", type=int, default=200)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--seed", type=int, default=0)
@@ -90,7 +90,7 @@ def main(argv=None) -> int:
     if set(variants) - set(VARIANTS):
         ap.error(f"unknown variants {sorted(set(variants) - set(VARIANTS))}; choose from {sorted(VARIANTS)}")
     attacks = [a for a in args.attacks.split(",") if a]
-    retry_configs = [c for c in (args.retry_configs or ("targeted9-max-full" if args.retry else "")).split(",") if c]
+    retry_configs = [c for c in (args.retry_configs or ("targeted3-max-full" if args.retry else "")).split(",") if c]
     if set(retry_configs) - set(RETRY_CONFIGS):
         ap.error(f"unknown retry configs {sorted(set(retry_configs) - set(RETRY_CONFIGS))}; "
                  f"choose from {sorted(RETRY_CONFIGS)}")

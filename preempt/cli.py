@@ -374,7 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-verify", action="store_true", help="skip the verification attack on the written PNG")
     p.add_argument("--retry", action="store_true",
                    help="robustify the images the check rejects once more, with every outer iteration and targeted "
-                        "inner attacks toward each of the 9 runner-up classes; keep the new PNG only if it passes the check")
+                        "inner attacks toward the 3 runner-up classes; keep the new PNG only if it passes the check")
     _add_stop(p)
     _add_inner(p)
     p.add_argument("--batch-size", type=_positive_int, default=64, help="images of one size robustified together")

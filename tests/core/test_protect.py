@@ -65,12 +65,12 @@ def test_retry_only_touches_rejected_images_and_only_keeps_what_passes(adv_model
 def test_retry_config_sets_the_second_tries_cost(adv_model, fmnist_test):
     """A cheaper second try (``retry_config``) runs on the same rejected images for its own number of
     passes: the full loop's T + 1 passes per outer iteration times its number of starts (1 for
-    ``paper-full``, 3 for ``targeted3-max-full``); the default, ``RETRY_CONFIG``, has 9."""
+    ``paper-full``, 3 for ``targeted3-max-full``, the default ``RETRY_CONFIG``)."""
     x, _ = fmnist_test
     images = [decode(encode_png(x[i])) for i in range(12)]
     threat = ThreatModel("linf", 0.1)
     cfg = RobustifyConfig(iterations=3)
-    assert RETRY_CONFIGS["targeted9-max-full"] == RETRY_CONFIG and RETRY_CONFIG["samples"] == 9
+    assert RETRY_CONFIGS["targeted3-max-full"] == RETRY_CONFIG and RETRY_CONFIGS["targeted9-max-full"]["samples"] == 9
     torch.manual_seed(0)
     first = protect_images(adv_model, images, threat, cfg, verify_attack="pgd")
     rejected = [i for i, r in enumerate(first) if r.report["label_kept"] and not r.report["verified"]["robust"]]
