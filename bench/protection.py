@@ -79,7 +79,7 @@ def main(argv=None) -> int:
                          "second try (RETRY_CONFIG) for the images it rejects")
     ap.add_argument("--retry-configs", default=None,
                     help="comma-separated second-try configurations for the retry rows (implies --retry; "
-                         f"choose from {', '.join(RETRY_CONFIGS)}; default: RETRY_CONFIG, targeted3-max-full)")
+                         f"choose from {', '.join(RETRY_CONFIGS)}; default: RETRY_CONFIG)")
     ap.add_argument("--batch", type=int, default=200)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--seed", type=int, default=0)
@@ -90,7 +90,8 @@ def main(argv=None) -> int:
     if set(variants) - set(VARIANTS):
         ap.error(f"unknown variants {sorted(set(variants) - set(VARIANTS))}; choose from {sorted(VARIANTS)}")
     attacks = [a for a in args.attacks.split(",") if a]
-    retry_configs = [c for c in (args.retry_configs or ("targeted3-max-full" if args.retry else "")).split(",") if c]
+    default_rc = next(name for name, rc in RETRY_CONFIGS.items() if rc == RETRY_CONFIG)
+    retry_configs = [c for c in (args.retry_configs or (default_rc if args.retry else "")).split(",") if c]
     if set(retry_configs) - set(RETRY_CONFIGS):
         ap.error(f"unknown retry configs {sorted(set(retry_configs) - set(RETRY_CONFIGS))}; "
                  f"choose from {sorted(RETRY_CONFIGS)}")

@@ -68,16 +68,12 @@ SETTINGS = {
 _COMMON = ["--epochs", "3", "--limit", "30000", "--attack-steps", "7", "--val-size", "2000", "--seed", "0"]
 
 
-def _linf_full(method: str, epochs: int) -> list:
-    """The longer linf runs: the whole training set, a cosine schedule."""
-    return ["--method", method, "--norm", "linf", "--epsilon", "0.1", "--epochs", str(epochs), "--lr-schedule",
-            "cosine", "--attack-steps", "7", "--attack-step", "0.03", "--val-size", "2000", "--seed", "0"]
-
-
-def _l2_full(method: str, epochs: int) -> list:
-    """The longer l2 runs (session 9): the whole training set, a cosine schedule, the default attack step."""
-    return ["--method", method, "--norm", "l2", "--epsilon", "1.5", "--epochs", str(epochs), "--lr-schedule",
-            "cosine", "--attack-steps", "7", "--val-size", "2000", "--seed", "0"]
+def _full(method: str, norm: str, epochs: int) -> list:
+    """The longer runs: the whole training set, a cosine schedule; linf with PGD steps of 0.03, l2 with
+    the default step."""
+    epsilon, step = {"linf": ("0.1", ["--attack-step", "0.03"]), "l2": ("1.5", [])}[norm]
+    return ["--method", method, "--norm", norm, "--epsilon", epsilon, "--epochs", str(epochs), "--lr-schedule",
+            "cosine", "--attack-steps", "7", *step, "--val-size", "2000", "--seed", "0"]
 
 
 TRAIN_COMMANDS = {
@@ -87,13 +83,13 @@ TRAIN_COMMANDS = {
     "fmnist-linf-ours": ["--method", "preemptive", "--norm", "linf", "--epsilon", "0.1", "--epochs", "3",
                          "--limit", "30000", "--attack-steps", "7", "--attack-step", "0.03", "--val-size", "2000",
                          "--seed", "0"],
-    "fmnist-linf-adv-8ep": _linf_full("adversarial", 8),
-    "fmnist-linf-ours-6ep": _linf_full("preemptive", 6),
-    "fmnist-linf-ours-12ep": _linf_full("preemptive", 12),
+    "fmnist-linf-adv-8ep": _full("adversarial", "linf", 8),
+    "fmnist-linf-ours-6ep": _full("preemptive", "linf", 6),
+    "fmnist-linf-ours-12ep": _full("preemptive", "linf", 12),
     "fmnist-l2-adv": ["--method", "adversarial", "--norm", "l2", "--epsilon", "1.5", *_COMMON],
     "fmnist-l2-ours": ["--method", "preemptive", "--norm", "l2", "--epsilon", "1.5", *_COMMON],
-    "fmnist-l2-adv-8ep": _l2_full("adversarial", 8),
-    "fmnist-l2-ours-8ep": _l2_full("preemptive", 8),
+    "fmnist-l2-adv-8ep": _full("adversarial", "l2", 8),
+    "fmnist-l2-ours-8ep": _full("preemptive", "l2", 8),
     "fmnist-gaussian-0.25": ["--method", "gaussian", "--sigma", "0.25", "--epochs", "5", "--limit", "30000",
                              "--val-size", "2000", "--seed", "0"],
 }
