@@ -38,7 +38,7 @@ from preempt.core.data import fashion_mnist
 from preempt.core.evaluate import gap_closure
 from preempt.core.images import decode, encode_png, quantize_within_budget
 from preempt.core.models import load_classifier
-from preempt.core.protect import RETRY_CONFIG, RETRY_CONFIGS, protect_images, verify_robust
+from preempt.core.protect import FULL_LOOP, RETRY_CONFIG, RETRY_CONFIGS, protect_images, verify_robust
 from preempt.core.robustify import RobustifyConfig, robustify
 from preempt.core.threat import ThreatModel
 
@@ -53,8 +53,8 @@ VARIANTS = {
     "cw-cw": {"inner_loss": "cw", "outer_loss": "cw"},
     "targeted3-max-cw": {"inner_loss": "targeted", "samples": 3, "aggregate": "max", "outer_loss": "cw"},
     "random-init": {"init": "random"},
-    "paper-full": {"stop_patience": 0, "plateau_window": 0},
-    "random-init-full": {"init": "random", "stop_patience": 0, "plateau_window": 0},
+    "paper-full": FULL_LOOP,
+    "random-init-full": {"init": "random", **FULL_LOOP},
     "stop-ln2": {"stop_loss": math.log(2)},  # the pre-session-8 default for l2 (linf's default)
     "stop0.1": {"stop_loss": 0.1},
     "stop0.02": {"stop_loss": 0.02},

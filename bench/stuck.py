@@ -31,17 +31,16 @@ from preempt.core.data import fashion_mnist
 from preempt.core.evaluate import gap_closure
 from preempt.core.images import quantize_within_budget
 from preempt.core.models import load_classifier
-from preempt.core.protect import verify_robust
+from preempt.core.protect import FULL_LOOP, RETRY_CONFIGS, verify_robust
 from preempt.core.registry import DEFAULT_MODEL
 from preempt.core.robustify import RobustifyConfig, robustify
 from preempt.core.threat import ThreatModel
 
-FULL = {"stop_patience": 0, "plateau_window": 0}
 EFFORT = {
-    "paper-full": dict(FULL),
-    "cw-outer-full": {"outer_loss": "cw", **FULL},
-    "targeted9-max-full": {"inner_loss": "targeted", "samples": 9, "aggregate": "max", **FULL},
-    "n8-300it-full": {"samples": 8, "iterations": 300, **FULL},
+    "paper-full": RETRY_CONFIGS["paper-full"],
+    "cw-outer-full": {"outer_loss": "cw", **FULL_LOOP},
+    "targeted9-max-full": RETRY_CONFIGS["targeted9-max-full"],
+    "n8-300it-full": {"samples": 8, "iterations": 300, **FULL_LOOP},
 }
 DEFAULTS = {  # norm -> (model, epsilon, deltas)
     "linf": (DEFAULT_MODEL, 0.1, "0.1,0.15,0.2"),

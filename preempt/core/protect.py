@@ -45,11 +45,11 @@ DEFAULT_VERIFY = "apgd"
 # a robust loss just below ln 2 is what AutoAttack overturns) with targeted inner attacks toward the 9 or
 # the 3 runner-up classes, the worst start driving the update, or the paper's full loop alone (one
 # untargeted start): 9 x, 3 x and 1 x (T + 1) passes per outer iteration.
-_FULL = {"stop_patience": 0, "plateau_window": 0}
+FULL_LOOP = {"stop_patience": 0, "plateau_window": 0}
 RETRY_CONFIGS = {
-    "targeted9-max-full": {"inner_loss": "targeted", "samples": 9, "aggregate": "max", **_FULL},
-    "targeted3-max-full": {"inner_loss": "targeted", "samples": 3, "aggregate": "max", **_FULL},
-    "paper-full": _FULL,
+    "targeted9-max-full": {"inner_loss": "targeted", "samples": 9, "aggregate": "max", **FULL_LOOP},
+    "targeted3-max-full": {"inner_loss": "targeted", "samples": 3, "aggregate": "max", **FULL_LOOP},
+    "paper-full": FULL_LOOP,
 }
 # The default second try since session 9: 3 targeted starts verified as many rejected images as 9 and gave
 # the same AutoAttack accuracy on fmnist-linf-ours-12ep (839 passes per image instead of 2,099) and on
