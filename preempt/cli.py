@@ -180,7 +180,7 @@ def cmd_train(args) -> int:
         cfg = TrainConfig(method=args.method, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                           lr_schedule=args.lr_schedule, attack_steps=args.attack_steps, attack_step=args.attack_step,
                           descent_steps=args.descent_steps, descent_step=args.descent_step,
-                          sigma=args.sigma, seed=args.seed)
+                          original_fraction=args.original_fraction, sigma=args.sigma, seed=args.seed)
     except ValueError as e:
         raise UsageError(str(e)) from None
     model = build_model(args.arch, 10, dataset=args.dataset)
@@ -397,6 +397,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--attack-step", type=_positive_float, default=None, help="alpha (default eps/4)")
     p.add_argument("--descent-steps", type=_positive_int, default=1, help="L (preemptive)")
     p.add_argument("--descent-step", type=_positive_float, default=None, help="beta (default delta)")
+    p.add_argument("--original-fraction", type=float, default=0.0,
+                   help="share of each batch attacked at the original instead of the robustified point "
+                        "(preemptive; 0: Algorithm 2 as published)")
     p.add_argument("--sigma", type=_positive_float, default=0.25, help="noise level (gaussian)")
     p.add_argument("--limit", type=_positive_int, default=None, help="use only the first N training images")
     p.add_argument("--val-size", type=_positive_int, default=5000, help="held-out images for early stopping")

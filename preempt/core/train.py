@@ -5,7 +5,9 @@ Methods (``method`` argument of :func:`train`):
 * ``"preemptive"``: Algorithm 2. ``x_rob``: L steps of PGD *down* the loss inside ``B_delta(x_orig)``
   from a random start (step ``beta``, default delta); ``x_adv``: K steps of PGD *up* the loss inside
   ``B_eps(x_rob)`` from a random start (step ``alpha``, default eps/4); theta descends
-  ``l(x_adv, y)``.
+  ``l(x_adv, y)``. ``original_fraction`` > 0 trains that share of each batch (drawn at random) as
+  adversarial training does, ``x_adv`` inside ``B_eps(x_orig)``: the originals stay robust (white-box
+  accuracy, Algorithms 3-4) while the rest of the batch trains for the robustifier's points.
 * ``"adversarial"``: PGD adversarial training (Madry et al. 2017), K steps of alpha inside
   ``B_eps(x_orig)``, with early stopping on held-out robust accuracy (Rice et al. 2020).
 * ``"gaussian"``: Gaussian-noise augmentation ``x + N(0, sigma^2)`` (Cohen et al. 2019) for smoothing.
@@ -44,6 +46,7 @@ class TrainConfig:
     attack_step: Optional[float] = None  # alpha; None -> eps / 4
     descent_steps: int = 1  # L (preemptive)
     descent_step: Optional[float] = None  # beta; None -> delta (preemptive)
+    original_fraction: float = 0.0  # share of each batch attacked at x_orig instead of x_rob (preemptive)
     sigma: float = 0.25  # gaussian
     seed: int = 0
     val_attack_steps: int = 10
@@ -55,6 +58,8 @@ class TrainConfig:
             raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("epochs and batch_size must be at least 1")
+        if not 0.0 <= self.original_fraction < 1.0:
+            raise ValueError(f"original_fraction must be in [0, 1), got {self.original_fraction!r}")
 
 
 def preemptive_point(model, x, y, threat: ThreatModel, steps: int, step_size: float) -> torch.Tensor:
@@ -79,7 +84,13 @@ def training_examples(model, x, y, threat: Optional[ThreatModel], cfg: TrainConf
     center = x
     if cfg.method == "preemptive":
         beta = cfg.descent_step if cfg.descent_step is not None else threat.delta
-        center = preemptive_point(model, x, y, threat, cfg.descent_steps, beta)
+        if cfg.original_fraction == 0.0:  # no draw: the published algorithm's random stream is unchanged
+            center = preemptive_point(model, x, y, threat, cfg.descent_steps, beta)
+        else:
+            rob = torch.rand(len(x), device=x.device) >= cfg.original_fraction  # the rest stay at x_orig
+            center = x.clone()
+            if rob.any():
+                center[rob] = preemptive_point(model, x[rob], y[rob], threat, cfg.descent_steps, beta)
     return pgd(model, center, y, threat.geometry, threat.epsilon, steps=cfg.attack_steps, step_size=alpha,
                predict=lambda z: torch.full_like(y, -1))  # never "fooled": run every step
 

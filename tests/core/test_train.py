@@ -3,7 +3,7 @@ import torch.nn.functional as F
 
 from preempt.core.models import build_model
 from preempt.core.threat import ThreatModel, flat_norm
-from preempt.core.train import TrainConfig, model_card, preemptive_point, train
+from preempt.core.train import TrainConfig, model_card, preemptive_point, train, training_examples
 
 
 def test_preemptive_point_lowers_loss_inside_delta(adv_model, fmnist_test):
@@ -15,6 +15,29 @@ def test_preemptive_point_lowers_loss_inside_delta(adv_model, fmnist_test):
     assert (flat_norm(x_r - x, "linf") <= 0.1 + 1e-6).all()
     with torch.no_grad():
         assert F.cross_entropy(adv_model(x_r), y) < F.cross_entropy(adv_model(x), y)
+
+
+def test_original_fraction_attacks_that_share_of_the_batch_at_the_original(fmnist_test):
+    """--original-fraction f: about f of the batch is attacked inside B_eps(x_orig) (adversarial training),
+    the rest at Algorithm 2's x_rob, up to delta + eps away; f = 0 is the published algorithm."""
+    x, y = fmnist_test[0][:512], fmnist_test[1][:512]
+    threat = ThreatModel("linf", 0.1)
+    model = build_model("small-cnn").eval()
+    share = {}
+    for f in (0.0, 0.5):
+        torch.manual_seed(0)
+        cfg = TrainConfig(method="preemptive", attack_steps=2, original_fraction=f)
+        d = flat_norm(training_examples(model, x, y, threat, cfg) - x, "linf")
+        assert (d <= 0.2 + 1e-5).all()
+        share[f] = float((d <= 0.1 + 1e-6).float().mean())
+    assert share[0.0] < 0.02 and 0.4 < share[0.5] < 0.6, share
+    for bad in (-0.1, 1.0):
+        try:
+            TrainConfig(method="preemptive", original_fraction=bad)
+        except ValueError as e:
+            assert "original_fraction" in str(e)
+        else:
+            raise AssertionError(f"original_fraction={bad} was accepted")
 
 
 def test_preemptive_training_learns_and_records_a_card(fmnist_train, fmnist_test):
