@@ -183,7 +183,8 @@ def cmd_train(args) -> int:
                           original_fraction=args.original_fraction, sigma=args.sigma, seed=args.seed)
     except ValueError as e:
         raise UsageError(str(e)) from None
-    model = build_model(args.arch, 10, dataset=args.dataset)
+    model = build_model(args.arch, 10, dataset=args.dataset).to(args.device)
+    x_tr, y_tr, x_val, y_val = (t.to(args.device) for t in (x_tr, y_tr, x_val, y_val))
     steps = args.epochs * ((len(x_tr) + args.batch_size - 1) // args.batch_size)
     bar = _bar(steps, f"train {args.method}", "batch")
     t0 = time.perf_counter()
@@ -193,12 +194,13 @@ def cmd_train(args) -> int:
     wall = time.perf_counter() - t0
     x_te, y_te = fashion_mnist("test", limit=args.test_size)
     with torch.no_grad():
-        test_acc = float((model(x_te).argmax(1) == y_te).float().mean())
+        test_acc = float(sum(int((model(x_te[i:i + 1000].to(args.device)).argmax(1).cpu() == y_te[i:i + 1000]).sum())
+                             for i in range(0, len(x_te), 1000)) / len(x_te))
     card = model_card(args.arch, args.dataset, cfg, threat, history, wall,
                       "preempt " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
                       test_clean_accuracy=test_acc, test_images=len(x_te), train_images=len(x_tr),
-                      input_size=[28, 28], channels=1, class_names=FASHION_MNIST_CLASSES)
-    save_checkpoint(model, Path(args.output), card)
+                      input_size=[28, 28], channels=1, class_names=FASHION_MNIST_CLASSES, device=args.device)
+    save_checkpoint(model.cpu(), Path(args.output), card)  # loads anywhere
     print(f"saved {args.output} (test clean accuracy {test_acc:.4f}, {wall:.0f} s)", file=sys.stderr)
     return 0
 
@@ -405,6 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-size", type=_positive_int, default=5000, help="held-out images for early stopping")
     p.add_argument("--test-size", type=_positive_int, default=10000)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N]: where the model trains (the checkpoint is saved for cpu)")
     p.add_argument("-o", "--output", required=True, help="checkpoint path (.pt); the model card goes beside it")
     p.set_defaults(func=cmd_train)
 

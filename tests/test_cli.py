@@ -119,3 +119,30 @@ def test_robustify_in_bf16_keeps_budget_and_fp32_label(tmp_path, image_folder):
         with torch.no_grad():
             assert entry["label"] == int(fp32.model(src[None]).argmax(1))
         assert entry["linf"] <= 0.1 + 1e-6 and entry["label_kept"]
+
+
+def test_train_writes_a_checkpoint_that_loads_and_its_card(tmp_path):
+    """`preempt train` end to end on real Fashion-MNIST (600 images, one epoch): the checkpoint loads as a
+    classifier, the card records the training (Algorithm 2 with --original-fraction) and its test accuracy;
+    bad options exit 2 with one line."""
+    from preempt.core.data import fashion_mnist
+    from preempt.core.models import load_classifier
+
+    out = tmp_path / "m.pt"
+    r = run("train", "--method", "preemptive", "--norm", "l2", "--epsilon", "1.5", "--epochs", "1",
+            "--attack-steps", "2", "--descent-steps", "2", "--original-fraction", "0.5", "--limit", "600",
+            "--val-size", "100", "--test-size", "300", "--device", "cpu", "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    card = json.loads(out.with_suffix(".json").read_text())
+    assert card["training"]["original_fraction"] == 0.5 and card["training"]["descent_steps"] == 2
+    assert card["device"] == "cpu" and card["threat"] == {"norm": "l2", "epsilon": 1.5, "delta": 1.5}
+    clf = load_classifier(str(out))
+    x, y = fashion_mnist("test", limit=300)
+    with torch.no_grad():
+        acc = float((clf.model(x).argmax(1) == y).float().mean())
+    assert abs(acc - card["test_clean_accuracy"]) < 1e-6 and acc > 0.3
+    for bad in (["--original-fraction", "1"], ["--epochs", "0"]) + (() if torch.cuda.is_available() else (["--device", "cuda"],)):
+        r = run("train", "--method", "preemptive", "--limit", "600", "-o", str(tmp_path / "x.pt"), *bad)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, (bad, r.stderr)
+        assert r.stderr.strip().count("\n") == 0, r.stderr
+    assert not (tmp_path / "x.pt").exists()
