@@ -7,7 +7,7 @@
 # a training eps of 2.0, a training delta of 1.0, a share of the batch at the original) keeps about
 # the same share of the robustified images under AutoAttack (0.81-0.855 of the first 200 test images,
 # docs/protection.md): the gap closure moves only with the originals' robustness. This script trains
-# ARCH (default preact-resnet18, 11 M parameters, about 40x the small CNN's cost per pass) with
+# ARCH (default preact-resnet18, 11 M parameters, about 50x the small CNN's cost per pass) with
 # Algorithm 2 at the small CNN's 8-epoch recipe, then measures it as docs/protection.md measures the
 # small CNNs: bench.protection on N images with PGD-20 and AutoAttack, the report's check and the
 # 3-start retry, and the white-box attack (Algorithms 3-4).
