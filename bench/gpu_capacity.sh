@@ -11,7 +11,7 @@
 # Algorithm 2 at the small CNN's 8-epoch recipe, then measures it as docs/protection.md measures the
 # small CNNs: bench.protection on N images with PGD-20 and AutoAttack, the report's check and the
 # 3-start retry, and the white-box attack (Algorithms 3-4).
-# Writes OUT/ARCH-l2-ours.{pt,json} (the checkpoint and its card), OUT/protection_*.{json,log},
+# Writes OUT/ARCH-l2-METHOD.{pt,json} (the checkpoint and its card), OUT/protection_*.{json,log},
 # OUT/log_train.txt; DEADLINE (seconds, default 540) stops what is still running.
 # Knobs: ARCH, EPOCHS (8), N (200), METHOD (preemptive), TRAIN_ARGS (extra `preempt train` options),
 # LIMIT (use only the first LIMIT training images), DEVICE (cuda).

@@ -194,8 +194,8 @@ def cmd_train(args) -> int:
     wall = time.perf_counter() - t0
     x_te, y_te = fashion_mnist("test", limit=args.test_size)
     with torch.no_grad():
-        test_acc = float(sum(int((model(x_te[i:i + 1000].to(args.device)).argmax(1).cpu() == y_te[i:i + 1000]).sum())
-                             for i in range(0, len(x_te), 1000)) / len(x_te))
+        pred = torch.cat([model(x_te[i:i + 1000].to(args.device)).argmax(1).cpu() for i in range(0, len(x_te), 1000)])
+    test_acc = float((pred == y_te).float().mean())
     card = model_card(args.arch, args.dataset, cfg, threat, history, wall,
                       "preempt " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
                       test_clean_accuracy=test_acc, test_images=len(x_te), train_images=len(x_tr),
