@@ -298,10 +298,15 @@ def cmd_reproduce(args) -> int:
             models = dict(item.split("=", 1) for item in args.models.split(",") if item.strip())
         except ValueError:
             raise UsageError(f"--models: expected ROLE=MODEL[,ROLE=MODEL], got {args.models!r}") from None
+    roles = None
+    if args.roles:
+        if args.norm == "all":
+            raise UsageError("--roles picks models of one setting: give --norm linf, l2 or smoothing")
+        roles = [r.strip() for r in args.roles.split(",") if r.strip()]
     for key in keys:
         t0 = time.perf_counter()
         try:
-            report = run_setting(key, cfg, Path(args.work), train=args.train, models=models,
+            report = run_setting(key, cfg, Path(args.work), train=args.train, models=models, roles=roles,
                                  log=lambda m: print(f"[{time.strftime('%H:%M:%S')}] {m}", file=sys.stderr, flush=True))
         except (FileNotFoundError, ValueError) as e:
             raise UsageError(str(e)) from None
@@ -442,6 +447,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", default=None,
                    help="replace the setting's models: ROLE=MODEL[,ROLE=MODEL], roles adv, ours (linf, l2) or "
                         "gaussian (smoothing), e.g. adv=fmnist-linf-adv-8ep,ours=fmnist-linf-ours-6ep")
+    p.add_argument("--roles", default=None,
+                   help="evaluate only these models of the setting (comma list of roles, e.g. ours): one process "
+                        "per role can share --work, and a last run without --roles finds every chunk cached")
     p.add_argument("--work", default="runs/reproduce", help="cache of finished chunks (default %(default)s)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)

@@ -24,7 +24,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
@@ -251,17 +251,25 @@ def _cached_chunk(folder: Path, start: int, n: int) -> Optional[tuple]:
 
 
 def run_setting(key: str, cfg: ReproduceConfig, work: Path, train: bool = False,
-                log: Callable[[str], None] = print, models: Optional[Dict[str, str]] = None) -> dict:
+                log: Callable[[str], None] = print, models: Optional[Dict[str, str]] = None,
+                roles: Optional[Sequence[str]] = None) -> dict:
     """Evaluate every row of setting ``key`` on the first ``cfg.n`` test images; returns the report dict.
 
     ``models`` (role -> registered name or checkpoint) replaces some of the setting's models, e.g.
     ``{"ours": "fmnist-linf-ours-6ep"}``; each row records the name it used (``model_name``).
+    ``roles`` evaluates only those models (the report has their rows alone): one process per role
+    can then share ``work``, and a last run over every role finds all chunks cached.
     """
     setting = SETTINGS[key]
-    unknown = set(models or {}) - set(setting.models)
+    unknown = (set(models or {}) | set(roles or ())) - set(setting.models)
     if unknown:
         raise ValueError(f"setting {key} has the models {', '.join(setting.models)}, not {', '.join(sorted(unknown))}")
-    setting = replace(setting, models={**setting.models, **(models or {})})
+    merged = {**setting.models, **(models or {})}
+    if roles is not None:
+        if not roles:
+            raise ValueError("roles: name at least one model role")
+        merged = {role: name for role, name in merged.items() if role in roles}
+    setting = replace(setting, models=merged)
     threat = ThreatModel(setting.norm, setting.epsilon, setting.delta)
     x_all, y_all = fashion_mnist("test", limit=cfg.n)
     from .models import load_classifier  # torch-heavy import kept local

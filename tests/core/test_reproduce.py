@@ -92,6 +92,24 @@ def test_models_option_replaces_a_role_and_refuses_unknown_ones(tmp_path):
     assert r.returncode == 2 and "--models" in r.stderr and "Traceback" not in r.stderr
 
 
+def test_roles_split_a_setting_across_runs_that_share_the_work_folder(tmp_path):
+    cfg = ReproduceConfig(n=2, chunk=2, attacks=("pgd",), whitebox=False, robustify=RobustifyConfig(iterations=2, steps=2))
+    logs = []
+    ours = run_setting("linf", cfg, tmp_path / "work", log=logs.append, roles=["ours"])
+    assert [(r["model"], r["preempt"]) for r in ours["rows"]] == [("ours", "none"), ("ours", "ours")]
+    assert list(ours["wall"]) == [SETTINGS["linf"].models["ours"]] and len(logs) == 1
+    logs.clear()
+    full = run_setting("linf", cfg, tmp_path / "work", log=logs.append)
+    assert ["cached" in m for m in logs] == [False, True]  # adv computed; ours from the run above
+    assert [r for r in full["rows"] if r["model"] == "ours"] == ours["rows"]
+    for bad in (["gaussian"], []):
+        with pytest.raises(ValueError, match="gaussian|role"):
+            run_setting("linf", cfg, tmp_path / "work", log=lambda m: None, roles=bad)
+    r = subprocess.run([sys.executable, "-m", "preempt.cli", "reproduce", "--norm", "all", "--roles", "ours"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "--roles" in r.stderr and "Traceback" not in r.stderr
+
+
 def test_every_report_model_is_shipped_with_the_command_that_trained_it_and_the_default_is_robust():
     """`--train` would rerun exactly the command in each model card; the service's default model is the
     preemptively robust linf model of the linf report."""
