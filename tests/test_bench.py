@@ -66,3 +66,25 @@ def test_layer_ceiling_counts_the_whole_pass():
     assert sum(e["count"] for e in layers.values()) == 54  # 53 convolutions and the classifier
     counted = sum(2 * layer_flops(k, e["out"]) * e["count"] for k, e in layers.items())
     assert counted == 2 * pass_flops(model, (3, 64, 64), "cpu")
+
+
+def test_epochs_that_fit_scales_the_probe_and_falls_back_to_one_method(tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    card = tmp_path / "probe.json"
+    # 5120 training images (6400, a fifth held out) in 5 s: 58000 of them take 56.6 s an epoch.
+    card.write_text(json.dumps({"history": [{"seconds": 50.0}, {"seconds": 5.0}]}))
+
+    def fit(budget, methods):
+        r = subprocess.run([sys.executable, str(Path(__file__).parents[1] / "bench" / "epochs_that_fit.py"), str(card), "6400", "60000", str(budget),
+                            "8", str(methods)], capture_output=True, text=True, check=True)
+        return tuple(int(v) for v in r.stdout.split())
+
+    assert fit(1000, 2) == (8, 2)  # 2 x 8 x 56.6 s = 906 s: both at once
+    assert fit(600, 2) == (8, 1)  # not both; the first alone still fits all 8
+    assert fit(300, 2) == (5, 1)
+    assert fit(300, 1) == (5, 1)
+    assert fit(10, 1) == (1, 1)  # at least one epoch
