@@ -132,11 +132,8 @@ def test_shipped_report_is_its_committed_chunks_combined(tmp_path, setting):
     reports = Path(__file__).resolve().parents[2] / "reports" / "fashion-mnist"
     shutil.copytree(reports / "chunks", tmp_path / "work")
     logs = []
-    # made with the ln 2 stopping rule, the l2 default before session 8 (the l2 default is now 0.1), and
-    # for l2 with the first l2 models (the report's models since session 9 are the 8-epoch ones)
-    made_with = ReproduceConfig(n=1000, robustify=RobustifyConfig(stop_loss=math.log(2)))
-    made_by = {"adv": "fmnist-l2-adv", "ours": "fmnist-l2-ours"} if setting == "l2" else None
-    rebuilt = run_setting(setting, made_with, tmp_path / "work", log=logs.append, models=made_by)
+    # both at the defaults: the setting's models and stopping rule (ln 2 for linf, 0.1 for l2)
+    rebuilt = run_setting(setting, ReproduceConfig(n=1000), tmp_path / "work", log=logs.append)
     assert logs and all("cached" in m for m in logs)
     shipped = json.loads((reports / f"{setting}.json").read_text())
     assert shipped["n_images"] == 1000 and len(shipped["rows"]) == len(rebuilt["rows"]) == 4
