@@ -65,19 +65,19 @@ for m in "$@"; do
 done
 wait
 # All measurements at once, sharing the GPU.
+measure() {  # measure LABEL NAME ARGS...: one bench.protection run in the background, as OUT/NAME.{json,log}
+    local label=$1 f="$OUT/$2"; shift 2
+    ( timeout "$(left)" $B "$@" --json "$f.json" > "$f.log" 2>&1
+      echo "=== $(date +%T) $label exit $?"  # a run stopped at DEADLINE writes no JSON
+      [ -f "$f.json" ] || echo "=== $label: no JSON (stopped before its end)" ) &
+}
 for m in "$@"; do
     CKPT="$OUT/$ARCH-l2-$m.pt"
     [ -f "$CKPT" ] || continue
     B="$PY -m bench.protection -n $N --norm l2 --model $CKPT --device $DEVICE --variants paper"
-    ( timeout "$(left)" $B --attacks "$ATTACKS" --verify --retry-configs targeted3-max-full \
-        --json "$OUT/protection_${m}_retry_n$N.json" > "$OUT/protection_${m}_retry_n$N.log" 2>&1
-      echo "=== $(date +%T) protection $m exit $?"  # a run stopped at DEADLINE writes no JSON
-      [ -f "$OUT/protection_${m}_retry_n$N.json" ] || echo "=== protection $m: no JSON (stopped before its end)" ) &
+    measure "protection $m" "protection_${m}_retry_n$N" --attacks "$ATTACKS" --verify --retry-configs targeted3-max-full
     [ "$m" = "$1" ] && [ "${WHITEBOX:-1}" = 1 ] || continue  # the white-box attack: first method alone
-    ( timeout "$(left)" $B --attacks pgd --whitebox \
-        --json "$OUT/protection_${m}_whitebox_n$N.json" > "$OUT/protection_${m}_whitebox_n$N.log" 2>&1
-      echo "=== $(date +%T) white-box $m exit $?"  # a run stopped at DEADLINE writes no JSON
-      [ -f "$OUT/protection_${m}_whitebox_n$N.json" ] || echo "=== white-box $m: no JSON (stopped before its end)" ) &
+    measure "white-box $m" "protection_${m}_whitebox_n$N" --attacks pgd --whitebox
 done
 wait
 for f in "$OUT"/protection_*.log; do echo "== $f"; tail -n 8 "$f" | cut -c1-600; done

@@ -40,6 +40,11 @@ def _int_at_least(s: str, low: int) -> int:
     return v
 
 
+def _comma_list(text: str) -> tuple:
+    """The non-empty items of a comma-separated option, stripped: ``"pgd, aa,"`` -> ``("pgd", "aa")``."""
+    return tuple(item.strip() for item in text.split(",") if item.strip())
+
+
 def _positive_int(s: str) -> int:
     return _int_at_least(s, 1)
 
@@ -217,7 +222,7 @@ def cmd_evaluate(args) -> int:
     threat = _threat(args)
     clf = _load(args)
     x, y = fashion_mnist("test", limit=args.n)
-    attacks = tuple(a.strip() for a in args.attacks.split(",") if a.strip())
+    attacks = _comma_list(args.attacks)
     cfg = EvalConfig(attacks=attacks, whitebox=args.whitebox, batch_size=args.batch_size,
                      robustify=RobustifyConfig(iterations=args.iterations, steps=args.steps, samples=args.samples,
                                                stop_patience=args.stop_patience, stop_loss=args.stop_loss,
@@ -276,11 +281,11 @@ def cmd_reproduce(args) -> int:
     if args.dataset != "fashion-mnist":
         raise UsageError("only --dataset fashion-mnist can be reproduced on this machine (CIFAR-10 and ImageNet "
                          "cannot be downloaded here)")
-    attacks = tuple(a.strip() for a in args.attacks.split(",") if a.strip())
+    attacks = _comma_list(args.attacks)
     if set(attacks) - {"pgd", "aa"}:
         raise UsageError(f"--attacks: choose from pgd, aa (got {args.attacks!r})")
     torch.manual_seed(args.seed)
-    wb = None if args.whitebox_attacks is None else tuple(a.strip() for a in args.whitebox_attacks.split(",") if a.strip())
+    wb = None if args.whitebox_attacks is None else _comma_list(args.whitebox_attacks)
     if wb is not None and set(wb) - set(attacks):
         raise UsageError(f"--whitebox-attacks must be among --attacks ({','.join(attacks)})")
     cfg = ReproduceConfig(n=args.n, chunk=min(args.chunk, args.n), attacks=attacks, whitebox=not args.no_whitebox,
@@ -302,7 +307,7 @@ def cmd_reproduce(args) -> int:
     if args.roles:
         if args.norm == "all":
             raise UsageError("--roles picks models of one setting: give --norm linf, l2 or smoothing")
-        roles = [r.strip() for r in args.roles.split(",") if r.strip()]
+        roles = _comma_list(args.roles)
     for key in keys:
         t0 = time.perf_counter()
         try:
