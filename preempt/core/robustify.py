@@ -196,6 +196,7 @@ def robustify(
     y: Optional[torch.Tensor] = None,
     progress: Optional[Progress] = None,
     maximize: bool = False,
+    x_init: Optional[torch.Tensor] = None,
 ) -> RobustifyResult:
     """Algorithm 1 on a batch ``x_orig`` ``[B, C, H, W]`` in [0, 1]; ``y`` defaults to ``c(x_orig)``.
 
@@ -203,6 +204,8 @@ def robustify(
     The model is used as given (call ``model.eval()`` first); its parameters are not modified.
     ``maximize=True`` ascends the robust loss instead: the reconstruction of Algorithm 3, where
     ``x_orig`` is the robustified image whose delta-ball is searched.
+    ``x_init`` starts the search there instead of at ``cfg.init`` (a warm start, e.g. from a search
+    at a larger delta); it is projected onto ``B_delta(x_orig)`` and [0, 1] first.
     """
     cfg = (config or RobustifyConfig()).resolved(threat)
     if maximize and cfg.optimizer != "pgd":
@@ -217,7 +220,11 @@ def robustify(
     loss_fn = ce_loss if cfg.sigma is None else smoothed_loss(cfg.sigma, cfg.noise_samples)
     delta = threat.delta
 
-    if cfg.init == "random":
+    if x_init is not None:
+        if x_init.shape != x_orig.shape:
+            raise ValueError(f"x_init has shape {tuple(x_init.shape)}, x_orig {tuple(x_orig.shape)}")
+        x_init = geometry.project(x_init.detach().to(x_orig.device), x_orig, delta)
+    elif cfg.init == "random":
         x_init = geometry.random_in_ball(x_orig, delta)
     else:
         x_init = x_orig.clone()

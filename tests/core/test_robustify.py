@@ -50,6 +50,23 @@ def test_random_init_starts_inside_delta_ball(adv_model, fmnist_test):
         assert (res.x_rob != x).any()
 
 
+def test_warm_start_is_projected_into_the_budget_and_equals_the_default_at_the_original(adv_model, fmnist_test):
+    x = fmnist_test[0][:6]
+    for norm, eps in (("linf", 0.1), ("l2", 1.5)):
+        threat, cfg = ThreatModel(norm, eps), RobustifyConfig(iterations=3, steps=2)
+        torch.manual_seed(0)
+        plain = robustify(adv_model, x, threat, cfg)
+        torch.manual_seed(0)
+        same = robustify(adv_model, x, threat, cfg, x_init=x)
+        assert torch.allclose(plain.x_rob, same.x_rob, atol=1e-6)
+        far = (x + 10 * eps * torch.randn_like(x)).clamp(0, 1)  # far outside the ball: projected first
+        res = robustify(adv_model, x, threat, cfg, x_init=far)
+        assert (flat_norm(res.x_rob - x, norm) <= eps * (1 + 1e-5) + 1e-6).all()
+        assert not torch.allclose(res.x_rob, plain.x_rob, atol=1e-3)  # it did start elsewhere
+    with pytest.raises(ValueError, match="x_init has shape"):
+        robustify(adv_model, x, ThreatModel("linf", 0.1), RobustifyConfig(iterations=1, steps=1), x_init=x[:2])
+
+
 def test_n_random_starts_run_as_one_batch(adv_model, fmnist_test):
     calls = []
     model = nn.Sequential(adv_model)
