@@ -88,3 +88,24 @@ def test_epochs_that_fit_scales_the_probe_and_falls_back_to_one_method(tmp_path)
     assert fit(300, 2) == (5, 1)
     assert fit(300, 1) == (5, 1)
     assert fit(10, 1) == (1, 1)  # at least one epoch
+
+
+def test_stuck_reruns_picked_images_and_the_continuation_keeps_budget_and_label(tmp_path, adv_model, fmnist_test):
+    """``bench.stuck --images`` robustifies exactly the images named; ``anneal`` ends inside B_delta."""
+    import json
+
+    from bench import stuck
+    from preempt.core.threat import flat_norm
+
+    x = fmnist_test[0][:2]
+    with torch.no_grad():
+        label = adv_model(x).argmax(1)
+    r, passes = stuck.anneal(adv_model, x, label, "linf", 0.1, 0.1)
+    assert (flat_norm(r.x_rob - x, "linf") <= 0.1 + 1e-6).all()  # started at 0.15 from x, ends in B_0.1
+    assert passes == 2 * 2100 + (len(stuck.ANNEAL) - 2) * stuck.ANNEAL_STAGE * 21  # every stage runs in full
+    out = tmp_path / "stuck.json"
+    assert stuck.main(["--images", "3,1", "--efforts", "paper-full", "--deltas", "0.1", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["images"] == [3, 1] and result["n_images"] == 2
+    assert {im["index"] for im in result["stuck"]} <= {1, 3}  # the correctly classified ones of those two
+    assert [row["run"] for row in result["rows"]] == ["paper-full"] * (len(result["stuck"]) > 0)
