@@ -52,6 +52,7 @@ EFFORT = {
 # last stage (factor 1) with the full loop again: a path to a robust point that starts outside B_delta.
 ANNEAL = (1.5, 1.4, 1.3, 1.2, 1.1, 1.0)
 ANNEAL_STAGE = 20
+EFFORTS = sorted(EFFORT) + ["anneal"]
 DEFAULTS = {  # norm -> (model, epsilon, deltas)
     "linf": (DEFAULT_MODEL, 0.1, "0.1,0.15,0.2"),
     "l2": ("fmnist-l2-ours", 1.5, "1.5,2.0,2.5"),
@@ -66,7 +67,7 @@ def aa_survives(model, x, label, threat: ThreatModel, batch: int) -> torch.Tenso
 
 
 def anneal(model, x, label, norm: str, eps: float, delta: float):
-    """The ``anneal`` effort: (8-bit-ready point, robust loss, passes per image)."""
+    """The ``anneal`` effort: (the last stage's :class:`RobustifyResult`, passes per image over every stage)."""
     point, passes = None, 0.0
     for k, factor in enumerate(ANNEAL):
         last = k in (0, len(ANNEAL) - 1)
@@ -93,7 +94,7 @@ def main(argv=None) -> int:
     ap.add_argument("--select", choices=("pgd", "aa"), default="pgd",
                     help="the attack that picks the images still broken after robustification at the defaults")
     ap.add_argument("--efforts", default="paper-full,cw-outer-full,n8-300it-full",
-                    help=f"from {sorted(EFFORT) + ['anneal']}")
+                    help=f"from {EFFORTS}")
     ap.add_argument("--images", default=None,
                     help="comma-separated test image indices to robustify again (skips the selection)")
     ap.add_argument("--batch", type=int, default=250, help="images per AutoAttack batch")
@@ -105,9 +106,8 @@ def main(argv=None) -> int:
     eps = args.epsilon if args.epsilon is not None else eps0
     deltas = [float(d) for d in (args.deltas or deltas0).split(",") if d]
     efforts = [e for e in args.efforts.split(",") if e]
-    if set(efforts) - set(EFFORT) - {"anneal"}:
-        ap.error(f"unknown efforts {sorted(set(efforts) - set(EFFORT) - {'anneal'})}; "
-                 f"choose from {sorted(EFFORT) + ['anneal']}")
+    if set(efforts) - set(EFFORTS):
+        ap.error(f"unknown efforts {sorted(set(efforts) - set(EFFORTS))}; choose from {EFFORTS}")
     picked = [int(i) for i in args.images.split(",") if i] if args.images else None
     if picked is not None:
         x, y = fashion_mnist("test", limit=max(picked) + 1)
