@@ -51,7 +51,7 @@ if [ "$EPOCHS" = auto ]; then
     echo "=== $(date +%T) probe: two epochs of $1 on $LIMIT_PROBE images"
     timeout "$(left)" $TRAIN --method "$1" --epochs 2 --limit "$LIMIT_PROBE" --val-size 2000 --test-size 1000 \
         ${TRAIN_ARGS:-} -o "$OUT/probe.pt" > "$OUT/log_probe.txt" 2>&1
-    read -r EPOCHS NPAR < <($PY bench/epochs_that_fit.py "$OUT/probe.json" "$LIMIT_PROBE" "${LIMIT:-60000}" \
+    read -r EPOCHS NPAR < <($PY -m bench.epochs_that_fit "$OUT/probe.json" "$LIMIT_PROBE" "${LIMIT:-60000}" \
         "$(( $(left) * TRAIN_SHARE / 100 ))" "$MAX_EPOCHS" "$#")
     rm -f "$OUT/probe.pt"
     [ -n "$EPOCHS" ] || { echo "probe failed"; tail -n 20 "$OUT/log_probe.txt"; exit 1; }

@@ -167,7 +167,7 @@ def cmd_robustify(args) -> int:
 def cmd_train(args) -> int:
     import torch
 
-    from preempt.core.data import FASHION_MNIST_CLASSES, fashion_mnist
+    from preempt.core.data import FASHION_MNIST_CLASSES, fashion_mnist, held_out_size
     from preempt.core.models import build_model, save_checkpoint
     from preempt.core.threat import ThreatModel
     from preempt.core.train import TrainConfig, model_card, train
@@ -176,7 +176,7 @@ def cmd_train(args) -> int:
     if args.dataset != "fashion-mnist":
         raise UsageError("only --dataset fashion-mnist is available on this machine")
     x, y = fashion_mnist("train", limit=args.limit)
-    n_val = min(args.val_size, len(x) // 5)
+    n_val = held_out_size(len(x), args.val_size)
     x_tr, y_tr, x_val, y_val = x[n_val:], y[n_val:], x[:n_val], y[:n_val]
     threat = None
     if args.method in ("adversarial", "preemptive"):

@@ -79,8 +79,9 @@ def test_epochs_that_fit_scales_the_probe_and_falls_back_to_one_method(tmp_path)
     card.write_text(json.dumps({"history": [{"seconds": 50.0}, {"seconds": 5.0}]}))
 
     def fit(budget, methods):
-        r = subprocess.run([sys.executable, str(Path(__file__).parents[1] / "bench" / "epochs_that_fit.py"), str(card), "6400", "60000", str(budget),
-                            "8", str(methods)], capture_output=True, text=True, check=True)
+        r = subprocess.run([sys.executable, "-m", "bench.epochs_that_fit", str(card), "6400", "60000", str(budget),
+                            "8", str(methods)], capture_output=True, text=True, check=True,
+                           cwd=Path(__file__).parents[1])  # this checkout's bench and preempt
         return tuple(int(v) for v in r.stdout.split())
 
     assert fit(1000, 2) == (8, 2)  # 2 x 8 x 56.6 s = 906 s: both at once

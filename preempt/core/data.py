@@ -52,6 +52,11 @@ def _find(root: Path, stem: str) -> Path:
         f"(apt-get install dataset-fashion-mnist) or set PREEMPT_FASHION_MNIST_DIR")
 
 
+def held_out_size(images: int, val_size: int) -> int:
+    """How many of the first ``images`` training images ``preempt train --val-size`` holds out: at most a fifth."""
+    return min(val_size, images // 5)
+
+
 def fashion_mnist(split: str = "test", root: Optional[Path] = None, limit: Optional[int] = None):
     """``(x, y)``: images ``[N, 1, 28, 28]`` float32 in [0, 1] and labels ``[N]`` int64."""
     if split not in ("train", "test"):
