@@ -70,8 +70,8 @@ def anneal(model, x, label, norm: str, eps: float, delta: float):
     """The ``anneal`` effort: (the last stage's :class:`RobustifyResult`, passes per image over every stage)."""
     point, passes = None, 0.0
     for k, factor in enumerate(ANNEAL):
-        last = k in (0, len(ANNEAL) - 1)
-        cfg = RobustifyConfig(**FULL_LOOP) if last else RobustifyConfig(iterations=ANNEAL_STAGE, **FULL_LOOP)
+        whole = k in (0, len(ANNEAL) - 1)  # the first and the last stage run the whole loop
+        cfg = RobustifyConfig(**FULL_LOOP) if whole else RobustifyConfig(iterations=ANNEAL_STAGE, **FULL_LOOP)
         r = robustify(model, x, ThreatModel(norm, eps, delta * factor), cfg, y=label, x_init=point)
         point, passes = r.x_rob, passes + r.passes
     return r, passes
