@@ -12,13 +12,13 @@ Variants (``--variants``): ``paper`` (CE inner loss, mean over N = 1 start: the 
 (margin inner loss), ``cw3-max``, ``targeted3-max``, ``targeted3-mean``, ``ce3-max`` (N = 3 starts;
 ``targeted`` aims start k at the k-th runner-up class; ``max`` lets the worst start drive the
 update); ``paper-full`` (no early stopping); ``stop-ln2``, ``stop0.1``, ``stop0.02`` (early stopping
-only below this inner-attack loss; ``paper`` is the default, ln 2 for linf and 0.1 for l2 since session 8).
+only below this inner-attack loss; ``paper`` is the default, ln 2 for linf and 0.1 for l2).
 
 ``--retry`` adds the row ``paper+retry``: the defaults through the product's pipeline
 (``protect_images(retry=True)``: 8-bit PNGs, the report's check, and one second try with
 ``RETRY_CONFIG`` for the images the check rejects). ``--retry-configs targeted3-max-full,paper-full`` adds
-one such row per second-try configuration (``protect.RETRY_CONFIGS``), named ``paper+retry-<name>``
-(``paper+retry`` is ``RETRY_CONFIG``: ``targeted3-max-full`` since session 9, ``targeted9-max-full`` before).
+one such row per second-try configuration (``bench.variants.RETRY_CONFIGS``), named ``paper+retry-<name>``
+(``paper+retry`` is the product's ``RETRY_CONFIG``, ``targeted3-max-full``).
 
 For each variant the images an attack breaks are split by the robustifier's own final robust loss:
 above ln 2 (it found no robust point: a search or model limit) or below (its check was fooled: a
@@ -33,13 +33,14 @@ import time
 
 import torch
 
-from bench import emit, robust_accuracy
+from bench import emit, robust_accuracy, variants
+from bench.variants import FULL_LOOP, RETRY_CONFIGS
 from preempt.core.data import fashion_mnist
 from preempt.core.evaluate import gap_closure
 from preempt.core.images import decode, encode_png, quantize_within_budget
 from preempt.core.models import load_classifier
-from preempt.core.protect import FULL_LOOP, RETRY_CONFIG, RETRY_CONFIGS, protect_images, verify_robust
-from preempt.core.robustify import RobustifyConfig, robustify
+from preempt.core.protect import RETRY_CONFIG, protect_images, verify_robust
+from preempt.core.robustify import RobustifyConfig
 from preempt.core.threat import ThreatModel
 
 VARIANTS = {
@@ -55,7 +56,7 @@ VARIANTS = {
     "random-init": {"init": "random"},
     "paper-full": FULL_LOOP,
     "random-init-full": {"init": "random", **FULL_LOOP},
-    "stop-ln2": {"stop_loss": math.log(2)},  # the pre-session-8 default for l2 (linf's default)
+    "stop-ln2": {"stop_loss": math.log(2)},  # linf's default, applied to l2
     "stop0.1": {"stop_loss": 0.1},
     "stop0.02": {"stop_loss": 0.02},
 }
@@ -108,11 +109,10 @@ def main(argv=None) -> int:
     print(rows[-1], flush=True)
     for v in variants:
         torch.manual_seed(args.seed)
-        cfg = RobustifyConfig(**VARIANTS[v])
         t0 = time.perf_counter()
         outs, losses, passes = [], [], 0.0
         for i in range(0, len(x), args.batch):
-            r = robustify(model, x[i:i + args.batch], threat, cfg, y=labels[i:i + args.batch])
+            r = variants.run(model, x[i:i + args.batch], threat, VARIANTS[v], y=labels[i:i + args.batch])
             outs.append(quantize_within_budget(r.x_rob, x[i:i + args.batch], threat.norm, threat.delta))
             passes += r.passes * len(outs[-1])
             losses.append(r.robust_loss)

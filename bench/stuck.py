@@ -31,13 +31,14 @@ import time
 
 import torch
 
-from bench import emit, robust_accuracy
+from bench import emit, robust_accuracy, variants
+from bench.variants import FULL_LOOP, RETRY_CONFIGS
 from preempt.core.data import fashion_mnist
 from preempt.core.evaluate import gap_closure
 from preempt.core.images import quantize_within_budget
 from preempt.core.models import load_classifier
-from preempt.core.protect import FULL_LOOP, RETRY_CONFIGS, verify_robust
-from preempt.core.registry import DEFAULT_MODEL
+from preempt.core.protect import verify_robust
+from preempt.registry import DEFAULT_MODEL
 from preempt.core.robustify import RobustifyConfig, robustify
 from preempt.core.threat import ThreatModel
 
@@ -167,7 +168,7 @@ def main(argv=None) -> int:
         if cfg is None:  # anneal
             rr, passes = anneal(model, x[stuck], label[stuck], args.norm, eps, delta)
         else:
-            rr = robustify(model, x[stuck], t, RobustifyConfig(**cfg), y=label[stuck])
+            rr = variants.run(model, x[stuck], t, cfg, y=label[stuck])
             passes = rr.passes
         out = quantize_within_budget(rr.x_rob, x[stuck], args.norm, delta)
         row = {"run": name, "delta": delta, "passes_per_image": round(passes, 1),

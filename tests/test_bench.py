@@ -2,6 +2,8 @@
 
 import copy
 
+import pytest
+
 import torch
 import torch.nn.functional as F
 
@@ -110,3 +112,40 @@ def test_stuck_reruns_picked_images_and_the_continuation_keeps_budget_and_label(
     assert result["images"] == [3, 1] and result["n_images"] == 2
     assert {im["index"] for im in result["stuck"]} <= {1, 3}  # the correctly classified ones of those two
     assert [row["run"] for row in result["rows"]] == ["paper-full"] * (len(result["stuck"]) > 0)
+
+
+@pytest.mark.parametrize("fields", [{"inner_loss": "cw", "samples": 2}, {"inner_loss": "cw", "outer_loss": "cw"}])
+def test_margin_variants_keep_budget_and_label(adv_model, fmnist_test, fields):
+    from bench import variants
+    from preempt.core.threat import ThreatModel
+
+    x, _ = fmnist_test
+    r = variants.run(adv_model, x[:16], ThreatModel("linf", 0.1), {"iterations": 6, "steps": 5, **fields})
+    assert float(r.linf.max()) <= 0.1 + 1e-6
+    with torch.no_grad():
+        assert torch.equal(adv_model(r.x_rob).argmax(1), r.label)
+
+
+def test_margin_outer_loss_raises_the_worst_case_margin(adv_model, fmnist_test):
+    """outer_loss="cw" descends the margin at the attack's end point: after robustification the margin a
+    fresh PGD finds is lower (more robust) than on the originals, within budget and label."""
+    from bench import variants
+    from preempt.core.attacks import pgd
+    from preempt.core.threat import ThreatModel
+
+    x, _ = fmnist_test
+    x = x[:64]
+    threat = ThreatModel("linf", 0.1)
+    torch.manual_seed(0)
+    r = variants.run(adv_model, x, threat, {"iterations": 15, "steps": 7, "outer_loss": "cw", "plateau_window": 0})
+    assert float(r.linf.max()) <= 0.1 + 1e-6
+    with torch.no_grad():
+        assert torch.equal(adv_model(r.x_rob).argmax(1), r.label)
+
+    def worst_margin(z):
+        torch.manual_seed(1)
+        xa = pgd(adv_model, z, r.label, threat.geometry, 0.1, steps=20, loss_fn=variants.margin_loss)
+        with torch.no_grad():
+            return variants.margin_loss(adv_model, xa, r.label)
+
+    assert float(worst_margin(r.x_rob).mean()) < float(worst_margin(x).mean()) - 0.5

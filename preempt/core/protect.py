@@ -25,8 +25,8 @@ images, 3 x (T + 1) per outer iteration (docs/protection.md measures it).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import List, Optional
+from dataclasses import dataclass, replace
+from typing import List, Optional, Sequence
 
 import torch
 
@@ -41,20 +41,11 @@ VERIFY_ATTACKS = {
     "apgd": "pgd-20x5+apgd-ce+apgd-t",  # then APGD-CE and APGD-T (9 targets), 100 iterations each
 }
 DEFAULT_VERIFY = "apgd"
-# The second tries measured in docs/protection.md: the full loop (no early stopping: the first try's stop at
-# a robust loss just below ln 2 is what AutoAttack overturns) with targeted inner attacks toward the 9 or
-# the 3 runner-up classes, the worst start driving the update, or the paper's full loop alone (one
-# untargeted start): 9 x, 3 x and 1 x (T + 1) passes per outer iteration.
-FULL_LOOP = {"stop_patience": 0, "plateau_window": 0}
-RETRY_CONFIGS = {
-    "targeted9-max-full": {"inner_loss": "targeted", "samples": 9, "aggregate": "max", **FULL_LOOP},
-    "targeted3-max-full": {"inner_loss": "targeted", "samples": 3, "aggregate": "max", **FULL_LOOP},
-    "paper-full": FULL_LOOP,
-}
-# The default second try since session 9: 3 targeted starts verified as many rejected images as 9 and gave
-# the same AutoAttack accuracy on fmnist-linf-ours-12ep (839 passes per image instead of 2,099) and on
-# fmnist-l2-ours-8ep (1,721 instead of 3,107), 200 images each; the untargeted full loop bought nothing.
-RETRY_CONFIG = RETRY_CONFIGS["targeted3-max-full"]
+# The second try: the full loop (no early stopping: the first try's stop just below ln 2 is what AutoAttack
+# overturns) with targeted inner attacks toward the 3 runner-up classes, the worst start driving the update:
+# 3 x (T + 1) passes per outer iteration. On 200 images of the default models it verified as many rejected
+# images as 9 targeted starts at 40-55% of their passes; the untargeted full loop bought nothing (docs/science.md).
+RETRY_CONFIG = {"inner_loss": "targeted", "samples": 3, "aggregate": "max", "stop_patience": 0, "plateau_window": 0}
 
 
 @dataclass
@@ -62,6 +53,15 @@ class ProtectResult:
     png: bytes
     pixels: torch.Tensor  # the decoded output [C, H, W]
     report: dict
+
+
+def batches_by_shape(images: Sequence[DecodedImage], batch_size: int) -> List[List[int]]:
+    """Indices of ``images`` grouped by pixel shape (in order of first appearance), each group cut into
+    batches of at most ``batch_size``: what :func:`protect_images` can take at once."""
+    groups: dict = {}
+    for i, img in enumerate(images):
+        groups.setdefault(tuple(img.pixels.shape), []).append(i)
+    return [idx[k:k + batch_size] for idx in groups.values() for k in range(0, len(idx), batch_size)]
 
 
 def verify_robust(model: torch.nn.Module, x: torch.Tensor, label: torch.Tensor, threat: ThreatModel,
@@ -102,7 +102,7 @@ def protect_images(model: torch.nn.Module, images: List[DecodedImage], threat: T
     robustify the images the check rejects once more with :data:`RETRY_CONFIG` (needs ``verify``;
     not for smoothed classifiers); each report then says ``"retried"`` and counts both tries' passes.
     ``retry_config``: the second try's :class:`RobustifyConfig` fields over ``config`` (default
-    :data:`RETRY_CONFIG`; :data:`RETRY_CONFIGS` has the measured alternatives).
+    :data:`RETRY_CONFIG`).
     """
     judge = judge if judge is not None else model
     shapes = {tuple(img.pixels.shape) for img in images}
@@ -131,8 +131,7 @@ def protect_images(model: torch.nn.Module, images: List[DecodedImage], threat: T
     if retry and robust is not None and (config is None or config.sigma is None):
         idx = (kept & ~robust).nonzero().flatten()
         if idx.numel():
-            cfg2 = RobustifyConfig(**{**asdict(config or RobustifyConfig()),
-                                      **(RETRY_CONFIG if retry_config is None else retry_config)})
+            cfg2 = replace(config or RobustifyConfig(), **(RETRY_CONFIG if retry_config is None else retry_config))
             # The retry reports the first try's end (the bar stays full) so that a caller that stops
             # work from its progress callback (a cancelled service job) still can during the retry.
             done = (config or RobustifyConfig()).iterations
@@ -164,11 +163,3 @@ def protect_images(model: torch.nn.Module, images: List[DecodedImage], threat: T
         out.append(ProtectResult(png=png, pixels=decoded[i].cpu(), report=report))
     return out
 
-
-def protect_image(model: torch.nn.Module, image: DecodedImage, threat: ThreatModel,
-                  config: Optional[RobustifyConfig] = None, device: str = "cpu", verify: bool = True,
-                  progress: Optional[Progress] = None, judge: Optional[torch.nn.Module] = None,
-                  verify_attack: str = DEFAULT_VERIFY, retry: bool = False) -> ProtectResult:
-    """Robustify one decoded image; return the PNG bytes and the protection report."""
-    return protect_images(model, [image], threat, config, device, verify, progress, judge, verify_attack,
-                          retry)[0]

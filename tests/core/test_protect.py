@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from preempt.core.images import decode, encode_png
-from preempt.core.protect import RETRY_CONFIG, RETRY_CONFIGS, VERIFY_ATTACKS, protect_images, verify_robust
+from bench.variants import RETRY_CONFIGS
+from preempt.core.protect import RETRY_CONFIG, VERIFY_ATTACKS, protect_images, verify_robust
 from preempt.core.robustify import RobustifyConfig
 from preempt.core.threat import ThreatModel
 
