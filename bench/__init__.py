@@ -32,21 +32,16 @@ def robust_accuracy(model, x, y, threat, attacks, batch: int, whitebox_of=None, 
     """
     import math
 
-    import torch
-
-    from preempt.core.evaluate import attack_fn
+    from preempt.core.evaluate import attack_fn, robust_masks
     from preempt.core.reconstruct import whitebox_attack
 
-    with torch.no_grad():
-        ok = torch.cat([model(x[i:i + batch]).argmax(1) == y[i:i + batch] for i in range(0, len(x), batch)])
+    ok, survives = robust_masks(model, x, y, {name: attack_fn(name, model, threat) for name in attacks},
+                                threat.epsilon, batch)
     out = {"clean": float(ok.float().mean())}
-    for name in attacks:
-        atk = attack_fn(name, model, threat)
-        kept = torch.cat([model(atk(x[i:i + batch], y[i:i + batch], threat.epsilon)).argmax(1) == y[i:i + batch]
-                          for i in range(0, len(x), batch)])
-        out[f"greybox_{name}"] = float((ok & kept).float().mean())
+    for name, kept in survives.items():
+        out[f"greybox_{name}"] = float(kept.float().mean())
         if masks is not None:
-            masks[name] = ok & kept
+            masks[name] = kept
         if robust_loss is not None:
             broken = ok & ~kept
             out[f"broken_{name}_loss_above_ln2"] = int((broken & (robust_loss >= math.log(2))).sum())

@@ -13,7 +13,8 @@ import sys
 import time
 from pathlib import Path
 
-from preempt.core.registry import DEFAULT_MODEL, PRESETS
+from preempt.registry import DEFAULT_MODEL, card_for
+from preempt.request import PRESETS, RequestError, RobustifyRequest
 
 
 class UsageError(Exception):
@@ -65,47 +66,36 @@ def _device(name: str) -> str:
     return name
 
 
-def _threat(args):
-    from preempt.core.threat import ThreatModel
-
-    try:
-        return ThreatModel(args.norm, args.epsilon, args.delta)
-    except ValueError as e:
-        raise UsageError(str(e)) from None
-
-
-def _load(args, precision: str = "fp32"):
+def _load(args):
     from preempt.core.models import load_classifier
 
     try:
-        return load_classifier(args.model, arch=getattr(args, "arch", None), device=args.device, precision=precision)
+        return load_classifier(args.model, arch=getattr(args, "arch", None), device=args.device)
     except ValueError as e:
         raise UsageError(str(e)) from None
 
 
 # ---------------------------------------------------------------- robustify
-def cmd_robustify(args) -> int:
-    import torch
+# The options every command that robustifies passes to RobustifyRequest.resolve (None: the default).
+REQUEST_OPTIONS = ("norm", "epsilon", "delta", "preset", "iterations", "steps", "samples", "stop_patience",
+                   "stop_loss", "plateau_window", "verify", "retry")
 
-    from preempt.core.images import ImageError, decode
-    from preempt.core.protect import protect_images
-    from preempt.core.robustify import RobustifyConfig
 
-    if args.retry and args.no_verify:
-        raise UsageError("--retry sends back the images the check rejects: it needs the check (drop --no-verify)")
-    torch.manual_seed(args.seed)
-    threat = _threat(args)
-    clf = _load(args)
-    fast = clf if args.precision == "fp32" else _load(args, args.precision)
-    settings = dict(PRESETS[args.preset])
-    for k in ("iterations", "steps", "samples"):
-        if getattr(args, k) is not None:
-            settings[k] = getattr(args, k)
-    cfg = RobustifyConfig(**settings, stop_patience=args.stop_patience, stop_loss=args.stop_loss,
-                          plateau_window=args.plateau_window, inner_loss=args.inner_loss, aggregate=args.aggregate)
+def _request(args) -> RobustifyRequest:
+    """The request the options describe, with the model card's defaults (the same rule as the API's)."""
+    options = {k: getattr(args, k, None) for k in REQUEST_OPTIONS}
+    if getattr(args, "no_verify", False):
+        options["verify"] = "off"
+    try:
+        return RobustifyRequest.resolve(card_for(args.model), args.model, **options)
+    except (RequestError, ValueError) as e:
+        raise UsageError(str(e)) from None
+
+
+def _inputs(paths) -> list:
+    """The image files named, folders expanded to their PNG/JPEG/WebP files."""
     inputs = []
-    for p in args.inputs:
-        p = Path(p)
+    for p in map(Path, paths):
         if p.is_dir():
             inputs += sorted(q for q in p.iterdir() if q.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"))
         elif p.exists():
@@ -114,48 +104,56 @@ def cmd_robustify(args) -> int:
             raise UsageError(f"{p}: no such file or directory")
     if not inputs:
         raise UsageError("no input images (PNG, JPEG or WebP) given")
+    return inputs
+
+
+def cmd_robustify(args) -> int:
+    import torch
+
+    from preempt.core.images import ImageError, decode
+    from preempt.core.protect import batches_by_shape
+    from preempt.pipeline import load_protector, protect
+
+    request = _request(args)
+    torch.manual_seed(args.seed)
+    inputs = _inputs(args.inputs)
     out_dir = Path(args.output)
-    out_dir.mkdir(parents=True, exist_ok=True)
     out_names = {p: p.with_suffix(".png").name for p in inputs}  # a/b/x.jpg -> OUT_DIR/x.png
-    names = [out_names[p] for p in inputs]
+    names = list(out_names.values())
     dupes = {n for n in names if names.count(n) > 1}
     if dupes:
         raise UsageError(f"several inputs would write the same output file: {sorted(dupes)}")
-    # Decode everything first, then robustify images of one shape together, a batch at a time.
-    decoded, failed = {}, 0
+    try:
+        protector = load_protector(args.model, args.device, args.precision, args.arch)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths, images, failed = [], [], 0
     for path in inputs:
         try:
-            decoded[path] = decode(path.read_bytes())
+            images.append(decode(path.read_bytes()))
+            paths.append(path)
         except (ImageError, OSError) as e:
             print(f"preempt: {path}: {e}", file=sys.stderr)
             failed += 1
-    groups = {}
-    for path, img in decoded.items():
-        groups.setdefault(tuple(img.pixels.shape), []).append(path)
-    batches = [paths[i:i + args.batch_size] for paths in groups.values() for i in range(0, len(paths), args.batch_size)]
+    batches = batches_by_shape(images, args.batch_size)
     reports = {}
-    bar = _bar(len(batches) * cfg.iterations, f"robustify {len(decoded)} image(s)", "iter")
-    for k, paths in enumerate(batches):
+    bar = _bar(len(batches) * request.iterations, f"robustify {len(images)} image(s)", "iter")
+    for k, batch in enumerate(batches):
         t0 = time.perf_counter()
         # bar position = iterations of earlier batches + this one's (a retry holds it at the end)
-        results = protect_images(fast.model, [decoded[p] for p in paths], threat, cfg, device=args.device,
-                                 verify=not args.no_verify,
-                                 progress=lambda i, n, loss, base=k * cfg.iterations: bar.update(base + i - bar.n),
-                                 judge=clf.model, verify_attack=args.verify, retry=args.retry)
-        seconds = (time.perf_counter() - t0) / len(paths)
-        for path, result in zip(paths, results):
-            name = out_names[path]
+        results = protect(request, protector, [images[i] for i in batch],
+                          progress=lambda i, n, loss, base=k * request.iterations: bar.update(base + i - bar.n))
+        seconds = (time.perf_counter() - t0) / len(batch)
+        for i, result in zip(batch, results):
+            name = out_names[paths[i]]
             (out_dir / name).write_bytes(result.png)
-            report = {"input": str(path), "output": str(out_dir / name), "model": clf.name, **result.report,
-                      "seconds": round(seconds, 3)}
-            if clf.spec.class_names:
-                report["label_name"] = clf.spec.class_names[report["label"]]
-            reports[path] = report
-    reports = [reports[p] for p in inputs if p in reports]
+            reports[i] = {"input": str(paths[i]), "output": str(out_dir / name), **result.report,
+                          "seconds": round(seconds, 3)}
     bar.close()
+    reports = [reports[i] for i in sorted(reports)]
     report_path = Path(args.report) if args.report else out_dir / "report.json"
-    summary = {"threat": {"norm": threat.norm, "epsilon": threat.epsilon, "delta": threat.delta},
-               "settings": settings, "images": reports}
+    summary = {"request": request.model_dump(), "images": reports}
     report_path.write_text(json.dumps(summary, indent=2) + "\n")
     robust = sum(1 for r in reports if r.get("verified", {}).get("robust"))
     print(f"wrote {len(reports)} image(s) to {out_dir} ({robust} verified robust), report {report_path}"
@@ -164,49 +162,35 @@ def cmd_robustify(args) -> int:
 
 
 # ---------------------------------------------------------------- train
+TRAIN_OPTIONS = ("method", "arch", "norm", "epsilon", "delta", "epochs", "batch_size", "lr", "lr_schedule",
+                 "attack_steps", "attack_step", "descent_steps", "descent_step", "original_fraction", "sigma",
+                 "limit", "val_size", "test_size", "seed", "device")
+
+
 def cmd_train(args) -> int:
-    import torch
+    from preempt.core.train import train_fashion_mnist
 
-    from preempt.core.data import FASHION_MNIST_CLASSES, fashion_mnist, held_out_size
-    from preempt.core.models import build_model, save_checkpoint
-    from preempt.core.threat import ThreatModel
-    from preempt.core.train import TrainConfig, model_card, train
-
-    torch.manual_seed(args.seed)
     if args.dataset != "fashion-mnist":
         raise UsageError("only --dataset fashion-mnist is available on this machine")
-    x, y = fashion_mnist("train", limit=args.limit)
-    n_val = held_out_size(len(x), args.val_size)
-    x_tr, y_tr, x_val, y_val = x[n_val:], y[n_val:], x[:n_val], y[:n_val]
-    threat = None
-    if args.method in ("adversarial", "preemptive"):
-        threat = _threat(args)
+    bars = []  # made at the first batch, once the options have been checked
+
+    def progress(step: int, total: int, info: dict) -> None:
+        if not bars:
+            bars.append(_bar(total, f"train {args.method}", "batch"))
+        bars[0].update(1)
+        bars[0].set_postfix(loss=f"{info['loss']:.3f}")
+
     try:
-        cfg = TrainConfig(method=args.method, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                          lr_schedule=args.lr_schedule, attack_steps=args.attack_steps, attack_step=args.attack_step,
-                          descent_steps=args.descent_steps, descent_step=args.descent_step,
-                          original_fraction=args.original_fraction, sigma=args.sigma, seed=args.seed)
+        card = train_fashion_mnist(Path(args.output), **{k: getattr(args, k) for k in TRAIN_OPTIONS},
+                                   command="preempt " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+                                   progress=progress)
     except ValueError as e:
         raise UsageError(str(e)) from None
-    model = build_model(args.arch, 10, dataset=args.dataset).to(args.device)
-    x_tr, y_tr, x_val, y_val = (t.to(args.device) for t in (x_tr, y_tr, x_val, y_val))
-    steps = args.epochs * ((len(x_tr) + args.batch_size - 1) // args.batch_size)
-    bar = _bar(steps, f"train {args.method}", "batch")
-    t0 = time.perf_counter()
-    model, history = train(model, x_tr, y_tr, cfg, threat, x_val, y_val,
-                           progress=lambda s, n, info: (bar.update(1), bar.set_postfix(loss=f"{info['loss']:.3f}")))
-    bar.close()
-    wall = time.perf_counter() - t0
-    x_te, y_te = fashion_mnist("test", limit=args.test_size)
-    with torch.no_grad():
-        pred = torch.cat([model(x_te[i:i + 1000].to(args.device)).argmax(1).cpu() for i in range(0, len(x_te), 1000)])
-    test_acc = float((pred == y_te).float().mean())
-    card = model_card(args.arch, args.dataset, cfg, threat, history, wall,
-                      "preempt " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
-                      test_clean_accuracy=test_acc, test_images=len(x_te), train_images=len(x_tr),
-                      input_size=[28, 28], channels=1, class_names=FASHION_MNIST_CLASSES, device=args.device)
-    save_checkpoint(model.cpu(), Path(args.output), card)  # loads anywhere
-    print(f"saved {args.output} (test clean accuracy {test_acc:.4f}, {wall:.0f} s)", file=sys.stderr)
+    finally:
+        for bar in bars:
+            bar.close()
+    print(f"saved {args.output} (test clean accuracy {card['test_clean_accuracy']:.4f}, {card['wall_seconds']:.0f} s)",
+          file=sys.stderr)
     return 0
 
 
@@ -217,17 +201,15 @@ def cmd_evaluate(args) -> int:
     from preempt.core.data import fashion_mnist
     from preempt.core.evaluate import EvalConfig, evaluate, format_table
     from preempt.core.robustify import RobustifyConfig
+    from preempt.core.threat import ThreatModel
 
+    request = _request(args)
     torch.manual_seed(args.seed)
-    threat = _threat(args)
+    threat = ThreatModel(**request.threat_fields())
     clf = _load(args)
     x, y = fashion_mnist("test", limit=args.n)
-    attacks = _comma_list(args.attacks)
-    cfg = EvalConfig(attacks=attacks, whitebox=args.whitebox, batch_size=args.batch_size,
-                     robustify=RobustifyConfig(iterations=args.iterations, steps=args.steps, samples=args.samples,
-                                               stop_patience=args.stop_patience, stop_loss=args.stop_loss,
-                                               plateau_window=args.plateau_window,
-                                               inner_loss=args.inner_loss, aggregate=args.aggregate))
+    cfg = EvalConfig(attacks=_comma_list(args.attacks), whitebox=args.whitebox, batch_size=args.batch_size,
+                     robustify=RobustifyConfig(**request.config_fields()))
     bar = _bar(len(x), "evaluate", "img")
     rows = evaluate(clf.model, x, y, threat, cfg, model_name=clf.name, device=args.device,
                     progress=lambda k: bar.update(k))
@@ -291,9 +273,9 @@ def cmd_reproduce(args) -> int:
     cfg = ReproduceConfig(n=args.n, chunk=min(args.chunk, args.n), attacks=attacks, whitebox=not args.no_whitebox,
                           whitebox_attacks=wb,
                           device=args.device, seed=args.seed, certify_n=args.certify_n,
-                          robustify=RobustifyConfig(stop_patience=args.stop_patience, stop_loss=args.stop_loss,
-                                                    plateau_window=args.plateau_window, samples=args.samples,
-                                                    inner_loss=args.inner_loss, aggregate=args.aggregate))
+                          robustify=RobustifyConfig(samples=args.samples, **{
+                              k: getattr(args, k) for k in ("stop_patience", "stop_loss", "plateau_window")
+                              if getattr(args, k) is not None}))
     keys = list(SETTINGS) if args.norm == "all" else [args.norm]
     models = None
     if args.models:
@@ -322,9 +304,10 @@ def cmd_reproduce(args) -> int:
 
 
 # ---------------------------------------------------------------- parser
-def _add_threat(p, epsilon=0.1):
-    p.add_argument("--norm", choices=["linf", "l2"], default="linf")
-    p.add_argument("--epsilon", type=_positive_float, default=epsilon, help="adversary budget (default %(default)s)")
+def _add_threat(p, default_norm=None, default_epsilon=None):
+    card = " (default: the model card's)" if default_norm is None else " (default %(default)s)"
+    p.add_argument("--norm", choices=["linf", "l2"], default=default_norm, help="the threat's norm" + card)
+    p.add_argument("--epsilon", type=_positive_float, default=default_epsilon, help="adversary budget" + card)
     p.add_argument("--delta", type=_positive_float, default=None, help="defender budget (default: epsilon)")
 
 
@@ -333,22 +316,22 @@ def _non_negative_int(s: str) -> int:
 
 
 def _add_stop(p) -> None:
-    p.add_argument("--stop-patience", type=_non_negative_int, default=3,
+    p.add_argument("--stop-patience", type=_non_negative_int, default=None,
                    help="stop an image after this many outer iterations with attack loss below --stop-loss, "
-                        "confirmed by a fresh attack (0: off)")
+                        "confirmed by a fresh attack (0: off; default 3)")
     p.add_argument("--stop-loss", type=_positive_float, default=None,
                    help="the attack loss under which an image may stop (default: ln 2; 0.1 for l2 without smoothing)")
-    p.add_argument("--plateau-window", type=_non_negative_int, default=20,
+    p.add_argument("--plateau-window", type=_non_negative_int, default=None,
                    help="stop an image whose mean attack loss over this many iterations fell less than 2%% "
-                        "below the window before (0: off; with --stop-patience 0, the paper's loop)")
+                        "below the window before (0: off; default 20; with --stop-patience 0, the paper's loop)")
 
 
-def _add_inner(p) -> None:
-    p.add_argument("--inner-loss", choices=["ce", "cw", "targeted"], default="ce",
-                   help="loss of the robustifier's inner attack: ce (the paper), cw margin, or targeted "
-                        "(random start k aims at the k-th runner-up class; use with --samples > 1)")
-    p.add_argument("--aggregate", choices=["mean", "max"], default="mean",
-                   help="how the N random starts' losses drive the update: mean (the paper) or max (worst start)")
+def _add_effort(p) -> None:
+    p.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                   help="effort: low, medium (the paper's 100 x 20, default) or high")
+    p.add_argument("--iterations", type=_positive_int, default=None, help="outer iterations MAXITER (default: the preset's)")
+    p.add_argument("--steps", type=_positive_int, default=None, help="inner PGD steps T (default: the preset's)")
+    p.add_argument("--samples", type=_positive_int, default=None, help="random starts N (default: the preset's)")
 
 
 def _add_model(p):
@@ -375,20 +358,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="output folder")
     _add_threat(p)
     _add_model(p)
-    p.add_argument("--preset", choices=sorted(PRESETS), default="medium")
-    p.add_argument("--iterations", type=_positive_int, default=None, help="outer iterations MAXITER")
-    p.add_argument("--steps", type=_positive_int, default=None, help="inner PGD steps T")
-    p.add_argument("--samples", type=_positive_int, default=None, help="random starts N")
+    _add_effort(p)
     p.add_argument("--report", default=None, help="report file (default OUTPUT/report.json)")
-    p.add_argument("--verify", choices=["apgd", "pgd"], default="apgd",
+    p.add_argument("--verify", choices=["apgd", "pgd"], default=None,
                    help="the check on the written PNG: apgd = PGD-20 x 5 then APGD-CE and APGD-T (default), "
                         "pgd = PGD-20 x 5 only (faster, weaker)")
     p.add_argument("--no-verify", action="store_true", help="skip the verification attack on the written PNG")
-    p.add_argument("--retry", action="store_true",
+    p.add_argument("--retry", action="store_true", default=None,
                    help="robustify the images the check rejects once more, with every outer iteration and targeted "
                         "inner attacks toward the 3 runner-up classes; keep the new PNG only if it passes the check")
     _add_stop(p)
-    _add_inner(p)
     p.add_argument("--batch-size", type=_positive_int, default=64, help="images of one size robustified together")
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
                    help="the classifier's precision while robustifying (bf16: for large models on a GPU; "
@@ -399,7 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", choices=["preemptive", "adversarial", "gaussian", "standard"], default="adversarial")
     p.add_argument("--dataset", default="fashion-mnist")
     p.add_argument("--arch", default="small-cnn")
-    _add_threat(p)
+    _add_threat(p, "linf", 0.1)
     p.add_argument("--epochs", type=_positive_int, default=10)
     p.add_argument("--batch-size", type=_positive_int, default=128)
     p.add_argument("--lr", type=_positive_float, default=1e-3)
@@ -427,11 +406,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", type=_positive_int, default=200, help="test images")
     p.add_argument("--attacks", default="pgd,aa", help="comma list of pgd, aa")
     p.add_argument("--whitebox", action="store_true", help="also run the adaptive white-box attack (Alg. 3-4)")
-    p.add_argument("--iterations", type=_positive_int, default=100)
-    p.add_argument("--steps", type=_positive_int, default=20)
-    p.add_argument("--samples", type=_positive_int, default=1)
+    _add_effort(p)
     _add_stop(p)
-    _add_inner(p)
     p.add_argument("--batch-size", type=_positive_int, default=200)
     p.add_argument("--json", default=None)
     p.add_argument("--markdown", default=None)
@@ -459,7 +435,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
     _add_stop(p)
-    _add_inner(p)
     p.add_argument("--samples", type=_positive_int, default=1, help="random starts N of the robustifier")
     p.set_defaults(func=cmd_reproduce)
 

@@ -106,7 +106,7 @@ def serve(host: str = "127.0.0.1", port: int = 8000, workers: Optional[int] = No
     import uvicorn
 
     from preempt.api.app import create_app
-    from preempt.jobs import Settings
+    from preempt.settings import Settings
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     embedded = None
@@ -133,7 +133,7 @@ def serve(host: str = "127.0.0.1", port: int = 8000, workers: Optional[int] = No
     signal.signal(signal.SIGTERM, _terminate)
     pool.start()
     try:
-        uvicorn.run(create_app(Settings.from_env()), host=host, port=port, log_level=log_level)
+        uvicorn.run(create_app(Settings()), host=host, port=port, log_level=log_level)
     finally:
         try:
             pool.stop()

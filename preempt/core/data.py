@@ -1,10 +1,5 @@
-"""Datasets as float tensors in [0, 1] pixel space.
-
-* Fashion-MNIST from the idx files of Debian's ``dataset-fashion-mnist``
-  (``/usr/share/datasets/fashion-mnist/``; override with ``PREEMPT_FASHION_MNIST_DIR``).
-* CIFAR-10 through torchvision: downloaded where the network allows, read from a given folder
-  (``cifar-10-batches-py``) otherwise.
-* ImageNet-style ``ImageFolder`` with resize 256 / center crop 224.
+"""Fashion-MNIST as float tensors in [0, 1] pixel space, from the idx files of Debian's
+``dataset-fashion-mnist`` (``/usr/share/datasets/fashion-mnist/``; override with ``PREEMPT_FASHION_MNIST_DIR``).
 """
 
 from __future__ import annotations
@@ -21,7 +16,6 @@ import torch
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                          "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
-CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -69,32 +63,3 @@ def fashion_mnist(split: str = "test", root: Optional[Path] = None, limit: Optio
         images, labels = images[:limit], labels[:limit]
     x = torch.from_numpy(images.astype(np.float32) / 255.0).unsqueeze(1)
     return x, torch.from_numpy(labels.astype(np.int64))
-
-
-def cifar10(split: str = "test", root: str | Path = "data/cifar10", download: bool = True, limit: Optional[int] = None):
-    """CIFAR-10 as ``(x [N, 3, 32, 32], y [N])`` through torchvision (download when ``download``)."""
-    from torchvision.datasets import CIFAR10
-
-    try:
-        ds = CIFAR10(str(root), train=(split == "train"), download=download)
-    except Exception as e:  # noqa: BLE001 - the download fails without network
-        raise RuntimeError(f"CIFAR-10 not found under {root} and could not be downloaded ({e}); "
-                           "place cifar-10-batches-py there") from e
-    data, targets = ds.data, ds.targets
-    if limit is not None:
-        data, targets = data[:limit], targets[:limit]
-    x = torch.from_numpy(np.ascontiguousarray(data)).permute(0, 3, 1, 2).float() / 255.0
-    return x, torch.tensor(targets, dtype=torch.int64)
-
-
-def imagenet_folder(root: str | Path, limit: Optional[int] = None):
-    """ImageFolder with resize 256 / center crop 224 to [0, 1] tensors: ``(x [N, 3, 224, 224], y [N])``."""
-    from torchvision import datasets, transforms
-
-    tf = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor()])
-    ds = datasets.ImageFolder(str(root), transform=tf)
-    n = len(ds) if limit is None else min(limit, len(ds))
-    if n == 0:
-        raise ValueError(f"{root}: no images found (expected ROOT/CLASS/IMAGE files)")
-    xs, ys = zip(*(ds[i] for i in range(n)))
-    return torch.stack(xs), torch.tensor(ys, dtype=torch.int64)

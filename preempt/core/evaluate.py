@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Callable, Dict, Optional
 
 import torch
 
@@ -28,7 +28,7 @@ from .reconstruct import reconstruct, whitebox_attack
 from .robustify import RobustifyConfig, robustify
 from .threat import ThreatModel
 
-COLUMNS = ("clean", "greybox_pgd", "greybox_aa", "whitebox_pgd", "whitebox_aa")
+COLUMNS = ("clean", "greybox_pgd", "greybox_aa", "whitebox_pgd", "whitebox_aa")  # of the paper's Tables 1-2
 
 
 @dataclass
@@ -52,74 +52,100 @@ def attack_fn(name: str, model: torch.nn.Module, threat: ThreatModel, num_classe
     raise ValueError(f"unknown attack {name!r}; choose from pgd, aa")
 
 
-def _accurate(model, x, y) -> torch.Tensor:
-    with torch.no_grad():
-        return model(x).argmax(1) == y
+def robust_masks(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: Dict[str, Callable],
+                 epsilon: float, batch_size: int, predict: Optional[Callable] = None) -> tuple:
+    """``(correct, {name: survives})``: per image, whether it is classified ``y``, and for each attack
+    whether it is classified ``y`` and the attack (``attack(x, y, eps)``) does not change that. Batched."""
+    predict = predict or (lambda z: model(z).argmax(1))
+    correct, survives = [], {name: [] for name in attacks}
+    for i in range(0, len(x), batch_size):
+        xb, yb = x[i:i + batch_size], y[i:i + batch_size]
+        with torch.no_grad():
+            ok = predict(xb) == yb
+        correct.append(ok)
+        for name, attack in attacks.items():
+            x_adv = attack(xb, yb, epsilon)
+            with torch.no_grad():
+                survives[name].append(ok & (predict(x_adv) == yb))
+    return torch.cat(correct), {name: torch.cat(m) for name, m in survives.items()}
 
 
 def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel,
              cfg: Optional[EvalConfig] = None, model_name: str = "model", device: str = "cpu",
-             progress: Optional[Callable[[int], None]] = None) -> list:
+             progress: Optional[Callable[[int], None]] = None, predict: Optional[Callable] = None,
+             attacks: Optional[Dict[str, Callable]] = None,
+             extra: Optional[Callable[[torch.Tensor, torch.Tensor], dict]] = None) -> list:
     """Rows ``[{"model", "preempt": "none"}, {"model", "preempt": "ours"}]`` with a fraction per column.
 
-    Also returns, in each row, ``"passes"`` (robustification cost per image) and for the
-    ``ours`` row ``"linf"``/``"l2"`` (largest budget used), ``"seconds_per_image"`` (wall time of
-    robustification alone) and, with the white-box attack, ``"whitebox_ATTACK_by_eps"``: the accuracy
-    at each eps' of the sweep (the column itself is the lowest). Columns of attacks not run are absent.
+    Columns: ``clean``, ``greybox_A`` for each attack ``A``, and ``whitebox_A`` (the originals' is their
+    grey-box one; the robustified images' is Algorithm 4's with the eps' sweep when ``cfg.whitebox``).
+    ``predict`` (default: the argmax of ``model``) labels images, e.g. a smoothed classifier's
+    prediction; ``attacks`` (name -> ``attack(x, y, eps)``, default those of ``cfg.attacks``) are the
+    attacks; ``extra(x, y)`` -> ``{column: count}`` adds columns (e.g. certified accuracy).
+
+    Also returns, in each row, ``"passes"`` (robustification cost per image) and for the ``ours`` row
+    ``"linf"``/``"l2"`` (largest budget used), ``"seconds_per_image"`` (wall time of robustification
+    alone) and, with the white-box attack, ``"whitebox_A_by_eps"``: the accuracy at each eps' of the
+    sweep (the column itself is the lowest).
     """
     cfg = cfg or EvalConfig()
-    counts = {p: {c: 0 for c in COLUMNS} for p in ("none", "ours")}
+    predict = predict or (lambda z: model(z).argmax(1))
+    attacks = attacks or {name: attack_fn(name, model, threat, cfg.num_classes) for name in cfg.attacks}
+    whitebox = [a for a in attacks if cfg.whitebox and a in (cfg.whitebox_attacks or attacks)]
+    rcfg = cfg.robustify
+    counts = {p: {} for p in ("none", "ours")}
     by_eps: dict = {}  # (attack, eps') -> white-box robust count
     budget = {"linf": 0.0, "l2": 0.0}
     passes_sum, robustify_seconds = 0.0, 0.0
+
+    def add(preempt: str, column: str, mask) -> None:
+        counts[preempt][column] = counts[preempt].get(column, 0) + int(mask.sum())
+
     for i in range(0, len(x), cfg.batch_size):
         xo, yb = x[i:i + cfg.batch_size].to(device), y[i:i + cfg.batch_size].to(device)
         start = time.perf_counter()
-        res = robustify(model, xo, threat, cfg.robustify)
+        res = robustify(model, xo, threat, rcfg, y=predict(xo))
         robustify_seconds += time.perf_counter() - start
-        xr = res.x_rob
+        xr = quantize_within_budget(res.x_rob, xo, threat.norm, threat.delta) if cfg.quantize else res.x_rob
         passes_sum += res.passes * len(xo)
-        if cfg.quantize:
-            xr = quantize_within_budget(xr, xo, threat.norm, threat.delta)
         budget["linf"] = max(budget["linf"], float(res.linf.max()))
         budget["l2"] = max(budget["l2"], float(res.l2.max()))
         x_hat = None  # Algorithm 3's reconstruction: one per batch, shared by every white-box attack
         for preempt, xb in (("none", xo), ("ours", xr)):
-            acc = _accurate(model, xb, yb)
-            counts[preempt]["clean"] += int(acc.sum())
-            for name in cfg.attacks:
-                grey = acc & _accurate(model, attack_fn(name, model, threat, cfg.num_classes)(xb, yb, threat.epsilon), yb)
-                counts[preempt][f"greybox_{name}"] += int(grey.sum())
+            with torch.no_grad():
+                acc = predict(xb) == yb
+            add(preempt, "clean", acc)
+            for name, attack in attacks.items():
+                x_adv = attack(xb, yb, threat.epsilon)
+                with torch.no_grad():
+                    grey = acc & (predict(x_adv) == yb)
+                add(preempt, f"greybox_{name}", grey)
                 if preempt == "none":
-                    counts[preempt][f"whitebox_{name}"] += int(grey.sum())
-                elif cfg.whitebox and name in (cfg.whitebox_attacks or cfg.attacks):
+                    add(preempt, f"whitebox_{name}", grey)
+                elif name in whitebox:
                     if x_hat is None:
-                        x_hat = reconstruct(model, xr, threat, iterations=cfg.robustify.iterations,
-                                            steps=cfg.robustify.steps)
-                    wb = whitebox_attack(model, xr, xo, yb, threat, attack=attack_fn(name, model, threat, cfg.num_classes),
-                                         x_hat=x_hat, count=acc)
-                    counts[preempt][f"whitebox_{name}"] += int((acc & wb["robust_worst"]).sum())
+                        x_hat = reconstruct(model, xr, threat, iterations=rcfg.iterations, steps=rcfg.steps,
+                                            sigma=rcfg.sigma, noise_samples=rcfg.noise_samples)
+                    wb = whitebox_attack(model, xr, xo, yb, threat, attack=attack, predict=predict, x_hat=x_hat,
+                                         count=acc)
+                    add(preempt, f"whitebox_{name}", acc & wb["robust_worst"])
                     for eps, ok in wb["robust"].items():
                         by_eps[name, eps] = by_eps.get((name, eps), 0) + int((acc & ok).sum())
+            for column, k in (extra(xb, yb) if extra else {}).items():
+                counts[preempt][column] = counts[preempt].get(column, 0) + k
         if progress is not None:
             progress(len(xo))
     n = len(x)
     rows = []
     for preempt in ("none", "ours"):
-        row = {"model": model_name, "preempt": preempt}
-        for c in COLUMNS:
-            atk = c.split("_")[-1]
-            wb = cfg.whitebox and atk in (cfg.whitebox_attacks or cfg.attacks)
-            if c == "clean" or (atk in cfg.attacks and (c.startswith("greybox") or preempt == "none" or wb)):
-                row[c] = counts[preempt][c] / n
+        row = {"model": model_name, "preempt": preempt, **{c: k / n for c, k in counts[preempt].items()}}
         row["passes"] = 0 if preempt == "none" else passes_sum / n
         if preempt == "ours":
             row.update(budget)
             row["seconds_per_image"] = robustify_seconds / n
-            for name in cfg.attacks:
-                sweep = {f"{eps:g}": k / n for (a, eps), k in sorted(by_eps.items()) if a == name}
-                if sweep:
-                    row[f"whitebox_{name}_by_eps"] = sweep
+            for name in whitebox:
+                row[f"whitebox_{name}_by_eps"] = {f"{eps:g}": k / n for (a, eps), k in sorted(by_eps.items())
+                                                  if a == name}
         rows.append(row)
     return rows
 

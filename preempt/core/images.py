@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .imagefile import FORMATS, MAX_PIXELS, ImageError, open_image  # noqa: F401 - re-exported
+from preempt.imagefile import FORMATS, MAX_PIXELS, ImageError, open_image  # noqa: F401 - re-exported
 from .threat import flat_norm
 
 

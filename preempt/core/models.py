@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .registry import DEFAULT_MODEL, MODELS_DIR, registered_models  # noqa: F401 - re-exported
+from preempt.registry import DEFAULT_MODEL, MODELS_DIR, read_sidecar, registered_models  # noqa: F401 - re-exported
 
 
 class Normalize(nn.Module):
@@ -300,18 +300,6 @@ def save_checkpoint(model: nn.Module, path: Path, card: dict) -> None:
     path.with_suffix(".json").write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
 
 
-def _read_sidecar(path: Path) -> dict:
-    side = path.with_suffix(".json")
-    if not side.exists():
-        side = Path(str(path) + ".json")
-    if side.exists():
-        try:
-            return json.loads(side.read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{side}: not valid JSON ({e})") from e
-    return {}
-
-
 def _is_torchscript(path: Path) -> bool:
     """TorchScript archives hold serialized code (``*/code/``); ``torch.save`` archives do not."""
     try:
@@ -347,7 +335,7 @@ def load_classifier(name_or_path: str, arch: Optional[str] = None, device: str =
         if not path.exists():
             names = ", ".join(sorted(registered)) or "none"
             raise ValueError(f"model {name_or_path!r} is neither a file nor a registered model (registered: {names})")
-    card = _read_sidecar(path)
+    card = read_sidecar(path)
     spec = ModelSpec.from_dict(card)
     arch = arch or card.get("arch")
     model: nn.Module

@@ -25,7 +25,9 @@ import threading
 import time
 from typing import List, Optional, Set
 
-from preempt.jobs import ENDED, TASK_NAME, JobStore, Settings, enqueue, make_celery, redis_client
+from preempt.queue import TASK_NAME, enqueue, make_celery
+from preempt.settings import Settings
+from preempt.store import ENDED, JobStore, redis_client
 
 log = logging.getLogger("preempt.worker")
 
@@ -89,7 +91,7 @@ def janitor(store: JobStore, celery_app, settings: Settings) -> int:
 
 def create_worker_app(settings: Settings, device: str, owner: str):
     """The Celery app with the job task bound to this process's store, models and heartbeat."""
-    from preempt.worker.jobs import RUNNERS, ModelCache, run_robustify  # torch is imported here
+    from preempt.worker.tasks import RUNNERS, ModelCache, run_robustify  # torch is imported here
 
     app = make_celery(settings)
     store = JobStore(redis_client(settings.require_url()), settings.result_ttl)
@@ -143,7 +145,7 @@ def run_worker(device: str = "cpu", name: Optional[str] = None, loglevel: str = 
     if device.startswith("cuda:"):
         os.environ["CUDA_VISIBLE_DEVICES"] = device.split(":", 1)[1]
         device = "cuda:0"
-    settings = Settings.from_env()
+    settings = Settings()
     owner = name or f"worker-{socket.gethostname()}-{os.getpid()}"
     logging.basicConfig(level=loglevel, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = create_worker_app(settings, device, owner)

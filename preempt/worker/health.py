@@ -9,7 +9,8 @@ from __future__ import annotations
 import socket
 import sys
 
-from preempt.jobs import JobStore, Settings, redis_client
+from preempt.settings import Settings
+from preempt.store import JobStore, redis_client
 
 
 def main(argv=None) -> int:
@@ -17,7 +18,7 @@ def main(argv=None) -> int:
     if len(argv) > 1:
         print("usage: python -m preempt.worker.health [WORKER_NAME]", file=sys.stderr)
         return 2
-    workers = JobStore(redis_client(Settings.from_env().require_url())).workers()
+    workers = JobStore(redis_client(Settings().require_url())).workers()
     if argv:
         alive = argv[0] in workers
     else:

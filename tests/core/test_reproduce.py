@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from preempt.core.registry import DEFAULT_MODEL, model_card
-from preempt.core.reproduce import SETTINGS, TRAIN_COMMANDS, ReproduceConfig, markdown, run_setting, write_report
+from preempt.registry import DEFAULT_MODEL, model_card
+from preempt.core.reproduce import SETTINGS, ReproduceConfig, markdown, run_setting, train_command, write_report
 from preempt.core.robustify import RobustifyConfig
 
 SMALL = RobustifyConfig(iterations=3, steps=3)
@@ -116,7 +116,7 @@ def test_every_report_model_is_shipped_with_the_command_that_trained_it_and_the_
     for setting in SETTINGS.values():
         for name in setting.models.values():
             card = model_card(name)
-            assert card["command"].split(" -o ")[0] == "preempt train " + " ".join(TRAIN_COMMANDS[name])
+            assert card["command"].split(" -o ")[0] == train_command(name)
             assert card["wall_seconds"] < 3600  # each within the 60 minutes of the 2-core machine
     assert DEFAULT_MODEL == SETTINGS["linf"].models["ours"]
     assert model_card(DEFAULT_MODEL)["method"] == "preemptive"
@@ -146,7 +146,8 @@ def test_shipped_report_is_its_committed_chunks_combined(tmp_path, setting):
 def test_chunk_identity_follows_the_stop_threshold_that_runs():
     """A chunk cached under one early-stopping threshold is never reused for another: l2's default
     (0.1) gets its own key, and ln 2 keeps the key it had when it was every norm's default."""
-    from preempt.core.reproduce import _key, _robustify_identity
+    from preempt.core.reproduce.cache import key as _key
+    from preempt.core.reproduce.cache import robustify_identity as _robustify_identity
     from preempt.core.threat import ThreatModel
 
     def key(setting, rcfg):

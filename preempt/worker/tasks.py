@@ -1,11 +1,11 @@
 """What a worker does with a claimed job: the torch side of the service.
 
-Three kinds of job, each reading its upload from the :class:`preempt.jobs.JobStore` and writing a
+Three kinds of job, each reading its upload from the :class:`preempt.store.JobStore` and writing a
 report (and for two of them a PNG) back:
 
 * ``robustify``: decode -> robustify at native resolution through the model's preprocessing ->
   8-bit PNG inside the budget -> decode -> verification attack on the decoded file
-  (:func:`preempt.core.protect.protect_images`). Jobs of one batch key (same settings, same image
+  (:func:`preempt.pipeline.protect`). Jobs of one batch key (same settings, same image
   shape) run as one batch and end independently.
 * ``attack``: the grey-box attack (PGD-20 or AutoAttack) of the submitted image, and with an
   ``original`` upload the adaptive white-box attack (Algorithms 3-4, validity judged against it).
@@ -18,19 +18,19 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional
 
 import torch
 
 from preempt.core.evaluate import attack_fn
 from preempt.core.images import ImageError, decode, encode_png, quantize_within_budget
-from preempt.core.models import LoadedClassifier, load_classifier
-from preempt.core.protect import DEFAULT_VERIFY, protect_images
+from preempt.core.protect import batches_by_shape
 from preempt.core.reconstruct import whitebox_attack
-from preempt.core.robustify import RobustifyConfig
 from preempt.core.smoothing import ABSTAIN, Smooth
 from preempt.core.threat import ThreatModel
-from preempt.jobs import JobStore
+from preempt.pipeline import Protector, load_protector, protect
+from preempt.request import AttackRequest, CertifyRequest, RobustifyRequest
+from preempt.store import JobStore
 
 log = logging.getLogger("preempt.worker")
 
@@ -40,27 +40,18 @@ class Cancelled(Exception):
 
 
 class ModelCache:
-    """Models loaded once per worker process, on its device, in fp32 and the robustifying precision."""
+    """Models loaded once per worker process, on its device (fp32 for checks, ``precision`` to robustify)."""
 
     def __init__(self, device: str, precision: str = "fp32"):
         self.device, self.precision = device, precision
-        self._models: Dict[tuple, LoadedClassifier] = {}
+        self._models: Dict[str, Protector] = {}
         self._lock = threading.Lock()
 
-    def get(self, name: str, precision: str = "fp32") -> LoadedClassifier:
+    def get(self, name: str) -> Protector:
         with self._lock:
-            if (name, precision) not in self._models:
-                self._models[name, precision] = load_classifier(name, device=self.device, precision=precision)
-            return self._models[name, precision]
-
-    def robustifier(self, name: str) -> LoadedClassifier:
-        """The model robustification runs on (``PREEMPT_PRECISION``); labels and checks use :meth:`get`."""
-        return self.get(name, self.precision)
-
-
-def _class_name(clf: LoadedClassifier, label: int):
-    names = clf.spec.class_names
-    return names[label] if names and 0 <= label < len(names) else None
+            if name not in self._models:
+                self._models[name] = load_protector(name, device=self.device, precision=self.precision)
+            return self._models[name]
 
 
 class ProgressWriter:
@@ -84,31 +75,27 @@ class ProgressWriter:
             self.store.progress(j, iteration, total, loss)
 
 
+def _decode_upload(store: JobStore, job_id: str, max_pixels: int, name: Optional[str] = None):
+    """The job's upload decoded, or ``None`` after failing the job (the API checked it; Redis may not have kept it)."""
+    try:
+        return decode(store.upload(job_id, name) or b"", max_pixels)
+    except ImageError as e:
+        store.end(job_id, "failed", ["running"], error=f"bad image: {e}")
+        return None
+
+
 def run_robustify(store: JobStore, models: ModelCache, jobs: List[dict], max_pixels: int) -> None:
     """Robustify claimed jobs of one batch key; each job ends on its own (succeeded or failed)."""
-    p = jobs[0]["params"]
-    clf = models.get(p["model"])
-    threat = ThreatModel(p["norm"], p["epsilon"], p["delta"])
-    cfg = RobustifyConfig(iterations=p["iterations"], steps=p["steps"], samples=p["samples"])
-    # "apgd" | "pgd" | "off"; jobs queued before verify took a name carry True or False
-    verify = {True: DEFAULT_VERIFY, False: "off"}.get(p.get("verify", True), p.get("verify"))
-    groups: Dict[tuple, list] = {}
-    for job in jobs:
-        try:
-            img = decode(store.upload(job["job_id"]) or b"", max_pixels)
-        except ImageError as e:
-            store.end(job["job_id"], "failed", ["running"], error=f"bad image: {e}")
-            continue
-        groups.setdefault(tuple(img.pixels.shape), []).append((job, img))
-    for group in groups.values():
+    request = RobustifyRequest.from_json(jobs[0]["request"])
+    protector = models.get(request.model)
+    decoded = [(job, _decode_upload(store, job["job_id"], max_pixels)) for job in jobs]
+    decoded = [(job, img) for job, img in decoded if img is not None]
+    for batch in batches_by_shape([img for _, img in decoded], len(decoded)):
+        group = [decoded[i] for i in batch]
         ids = [job["job_id"] for job, _ in group]
         started = time.perf_counter()
         try:
-            results = protect_images(models.robustifier(p["model"]).model, [img for _, img in group], threat, cfg,
-                                     device=models.device, verify=verify != "off",
-                                     progress=ProgressWriter(store, ids), judge=clf.model,
-                                     verify_attack=verify if verify != "off" else DEFAULT_VERIFY,
-                                     retry=bool(p.get("retry", False)) and verify != "off")
+            results = protect(request, protector, [img for _, img in group], progress=ProgressWriter(store, ids))
         except Cancelled:
             log.info("batch %s cancelled", ids)
             continue
@@ -116,31 +103,27 @@ def run_robustify(store: JobStore, models: ModelCache, jobs: List[dict], max_pix
         store.count("robustify_seconds_total", seconds)
         store.count("robustify_images_total", len(group))
         for (job, _), res in zip(group, results):
-            report = {"model": p["model"], **res.report, "label_name": _class_name(clf, res.report["label"]),
-                      "batch_size": len(group), "seconds": round(seconds, 3)}
-            store.progress(job["job_id"], cfg.iterations, cfg.iterations, res.report["robust_loss"])
+            report = {**res.report, "batch_size": len(group), "seconds": round(seconds, 3)}
+            store.progress(job["job_id"], request.iterations, request.iterations, res.report["robust_loss"])
             store.end(job["job_id"], "succeeded", ["running"], result=res.png, report=report)
 
 
 def run_attack(store: JobStore, models: ModelCache, job: dict, max_pixels: int) -> None:
     """Grey-box (and with an original, white-box) attack of one submitted image."""
-    p = job["params"]
-    clf = models.get(p["model"])
-    model, dev = clf.model, models.device
-    threat = ThreatModel(p["norm"], p["epsilon"])
-    try:
-        img = decode(store.upload(job["job_id"]) or b"", max_pixels)
-        orig_bytes = store.upload(job["job_id"], "original")
-        orig = decode(orig_bytes, max_pixels) if orig_bytes else None
-    except ImageError as e:
-        store.end(job["job_id"], "failed", ["running"], error=f"bad image: {e}")
+    p = AttackRequest.from_json(job["request"])
+    protector = models.get(p.model)
+    model, dev = protector.judge.model, models.device
+    threat = ThreatModel(p.norm, p.epsilon)
+    img = _decode_upload(store, job["job_id"], max_pixels)
+    orig = _decode_upload(store, job["job_id"], max_pixels, "original") if p.whitebox else None
+    if img is None or (p.whitebox and orig is None):
         return
     x = img.pixels[None].to(dev)
     with torch.no_grad():
         pred = int(model(x).argmax(1))
-    label = int(p["label"]) if p.get("label") is not None else pred
+    label = p.label if p.label is not None else pred
     y = torch.tensor([label], device=dev)
-    attack = attack_fn(p["attack"], model, threat, clf.num_classes or 10)
+    attack = attack_fn(p.attack, model, threat, protector.judge.num_classes or 10)
     total = 2 if orig is not None else 1
     store.progress(job["job_id"], 0, total, 0.0)
     x_adv = attack(x, y, threat.epsilon)
@@ -150,8 +133,8 @@ def run_attack(store: JobStore, models: ModelCache, job: dict, max_pixels: int) 
     with torch.no_grad():
         adv_label = int(model(x_file).argmax(1))
     report = {
-        "model": p["model"], "norm": threat.norm, "epsilon": threat.epsilon, "attack": p["attack"],
-        "prediction": pred, "label": label, "label_name": _class_name(clf, label),
+        "model": p.model, "norm": threat.norm, "epsilon": threat.epsilon, "attack": p.attack,
+        "prediction": pred, "label": label, "label_name": protector.class_name(label),
         "greybox": {"robust": bool(pred == label and adv_label == label), "adversarial_label": adv_label},
     }
     store.progress(job["job_id"], 1, total, 0.0)
@@ -161,7 +144,7 @@ def run_attack(store: JobStore, models: ModelCache, job: dict, max_pixels: int) 
                       error=f"original has shape {list(orig.pixels.shape)}, image has {list(img.pixels.shape)}")
             return
         wb = whitebox_attack(model, x, orig.pixels[None].to(dev), y, threat, attack=attack,
-                             iterations=p.get("iterations", 100), steps=p.get("steps", 20))
+                             iterations=p.iterations)
         report["whitebox"] = {
             "robust": bool(wb["robust_worst"][0]),
             "robust_at": {f"{e:g}": bool(v[0]) for e, v in wb["robust"].items()},
@@ -173,24 +156,22 @@ def run_attack(store: JobStore, models: ModelCache, job: dict, max_pixels: int) 
 
 def run_certify(store: JobStore, models: ModelCache, job: dict, max_pixels: int) -> None:
     """Smoothed PREDICT and CERTIFY of one submitted image."""
-    p = job["params"]
-    clf = models.get(p["model"])
-    try:
-        img = decode(store.upload(job["job_id"]) or b"", max_pixels)
-    except ImageError as e:
-        store.end(job["job_id"], "failed", ["running"], error=f"bad image: {e}")
+    p = CertifyRequest.from_json(job["request"])
+    protector = models.get(p.model)
+    img = _decode_upload(store, job["job_id"], max_pixels)
+    if img is None:
         return
     x = img.pixels.to(models.device)
-    smooth = Smooth(clf.model, clf.num_classes or 10, p["sigma"])
+    smooth = Smooth(protector.judge.model, protector.judge.num_classes or 10, p.sigma)
     store.progress(job["job_id"], 0, 2, 0.0)
-    prediction = smooth.predict(x, p["n"], p["alpha"])
+    prediction = smooth.predict(x, p.n, p.alpha)
     store.progress(job["job_id"], 1, 2, 0.0)
-    c_a, radius = smooth.certify(x, p["n0"], p["n"], p["alpha"])
+    c_a, radius = smooth.certify(x, p.n0, p.n, p.alpha)
     report = {
-        "model": p["model"], "sigma": p["sigma"], "n0": p["n0"], "n": p["n"], "alpha": p["alpha"],
+        "model": p.model, "sigma": p.sigma, "n0": p.n0, "n": p.n, "alpha": p.alpha,
         "prediction": None if prediction == ABSTAIN else prediction,
         "certified_label": None if c_a == ABSTAIN else c_a,
-        "certified_label_name": None if c_a == ABSTAIN else _class_name(clf, c_a),
+        "certified_label_name": None if c_a == ABSTAIN else protector.class_name(c_a),
         "radius": radius, "abstained": c_a == ABSTAIN,
     }
     store.progress(job["job_id"], 2, 2, 0.0)

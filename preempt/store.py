@@ -1,8 +1,9 @@
-"""The job store the API and the workers share: Redis, no torch.
+"""The job store the API and the workers share: Redis, no torch. (:mod:`preempt.queue` carries job ids.)
 
 Keys (all under ``preempt:``):
 
-``job:{id}``      hash: kind, status, params (JSON), progress, timings, error, report (JSON), attempts
+``job:{id}``      hash: kind, status, request (the typed request as JSON, :mod:`preempt.request`), image
+                  (what the upload is, JSON), batch (its batch key), progress, timings, error, report (JSON), attempts
 ``upload:{id}``   the original upload; deleted the moment its job ends, whatever the ending
 ``result:{id}``   the protected PNG; expires ``result_ttl`` seconds after the job ends (as does the job)
 ``lease:{id}``    held by the worker running the job, renewed by a heartbeat thread; when it lapses
@@ -19,18 +20,14 @@ winner and an ended job never comes back to life.
 from __future__ import annotations
 
 import json
-import os
 import time
 import uuid
-from dataclasses import dataclass, field
 from typing import Iterable, Optional
-from urllib.parse import urlparse
 
 import redis
 
 PREFIX = "preempt:"
 ENDED = ("succeeded", "failed", "cancelled")
-STATUSES = ("queued", "running") + ENDED
 
 _CAS = """
 local status = redis.call('HGET', KEYS[1], 'status')
@@ -45,80 +42,6 @@ for i = 1, tonumber(ARGV[1]) do
 end
 return 0
 """
-
-
-def _env(name: str, default, cast):
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        return cast(raw)
-    except ValueError:
-        raise ValueError(f"{name} must be {'an integer' if cast is int else 'a number'}, got {raw!r}") from None
-
-
-def _env_choice(name: str, choices: tuple, default: str) -> str:
-    value = os.environ.get(name, default)
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
-    return value
-
-
-def _env_int(name: str, default: int) -> int:
-    return _env(name, default, int)
-
-
-def _env_float(name: str, default: float) -> float:
-    return _env(name, default, float)
-
-
-@dataclass
-class Settings:
-    """Service settings, read from ``PREEMPT_*`` environment variables (see README)."""
-
-    redis_url: Optional[str] = None  # PREEMPT_REDIS_URL: redis://, rediss:// or unix:// (a socket path)
-    queue: str = "preempt"  # PREEMPT_QUEUE
-    result_ttl: int = 24 * 3600  # PREEMPT_RESULT_TTL: seconds a result (and its job) is kept after the end
-    max_upload_bytes: int = 25 * 1024 * 1024  # PREEMPT_MAX_UPLOAD_BYTES
-    max_pixels: int = 40_000_000  # PREEMPT_MAX_PIXELS
-    max_iterations: int = 2000  # PREEMPT_MAX_ITERATIONS: the largest `iterations` a request may ask for
-    lease_seconds: float = 30.0  # PREEMPT_LEASE_SECONDS: a worker silent this long is presumed dead
-    max_attempts: int = 3  # PREEMPT_MAX_ATTEMPTS: runs of one job before it fails as "worker lost"
-    visibility_timeout: int = 6 * 3600  # PREEMPT_VISIBILITY_TIMEOUT: longer than the longest job
-    batch_wait: float = 0.5  # PREEMPT_BATCH_WAIT: seconds a worker waits for compatible jobs to batch
-    max_batch: int = 32  # PREEMPT_MAX_BATCH: most jobs robustified together
-    precision: str = "fp32"  # PREEMPT_PRECISION: the classifier's precision while robustifying (fp32, bf16)
-    extra: dict = field(default_factory=dict)
-
-    @classmethod
-    def from_env(cls) -> "Settings":
-        return cls(
-            redis_url=os.environ.get("PREEMPT_REDIS_URL") or None,
-            queue=os.environ.get("PREEMPT_QUEUE", "preempt"),
-            result_ttl=_env_int("PREEMPT_RESULT_TTL", 24 * 3600),
-            max_upload_bytes=_env_int("PREEMPT_MAX_UPLOAD_BYTES", 25 * 1024 * 1024),
-            max_pixels=_env_int("PREEMPT_MAX_PIXELS", 40_000_000),
-            max_iterations=_env_int("PREEMPT_MAX_ITERATIONS", 2000),
-            lease_seconds=_env_float("PREEMPT_LEASE_SECONDS", 30.0),
-            max_attempts=_env_int("PREEMPT_MAX_ATTEMPTS", 3),
-            visibility_timeout=_env_int("PREEMPT_VISIBILITY_TIMEOUT", 6 * 3600),
-            batch_wait=_env_float("PREEMPT_BATCH_WAIT", 0.5),
-            max_batch=_env_int("PREEMPT_MAX_BATCH", 32),
-            precision=_env_choice("PREEMPT_PRECISION", ("fp32", "bf16"), "fp32"),
-        )
-
-    def require_url(self) -> str:
-        if not self.redis_url:
-            raise RuntimeError("PREEMPT_REDIS_URL is not set (`preempt serve` sets it for its embedded Redis)")
-        return self.redis_url
-
-
-def celery_broker_url(url: str) -> str:
-    """Celery spells a Unix socket ``redis+socket:///path``; redis-py spells it ``unix:///path``."""
-    parsed = urlparse(url)
-    if parsed.scheme == "unix":
-        return "redis+socket://" + parsed.path + (f"?{parsed.query}" if parsed.query else "")
-    return url
 
 
 def redis_client(url: str) -> redis.Redis:
@@ -146,14 +69,16 @@ class JobStore:
     ACTIVE = PREFIX + "active"
 
     # creation and reading
-    def create(self, job_id: str, kind: str, params: dict, upload: Optional[bytes] = None,
-               extra_uploads: Optional[dict] = None, batch: str = "") -> None:
-        """A queued job; ``batch`` names the jobs it may be robustified together with (same settings and shape)."""
+    def create(self, job_id: str, kind: str, request: str, upload: Optional[bytes] = None,
+               extra_uploads: Optional[dict] = None, batch: str = "", image: Optional[dict] = None) -> None:
+        """A queued job of ``kind`` for ``request`` (its JSON); ``batch`` is the key of the jobs it may be
+        robustified together with (:meth:`preempt.request.RobustifyRequest.batch_key`)."""
         now = time.time()
         pipe = self.r.pipeline(transaction=True)
         pipe.hset(self.key("job", job_id), mapping={
-            "job_id": job_id, "kind": kind, "status": "queued", "params": json.dumps(params),
-            "created": repr(now), "attempts": 0, "iteration": 0, "total": 0, "batch": batch,
+            "job_id": job_id, "kind": kind, "status": "queued", "request": request,
+            "image": json.dumps(image or {}), "created": repr(now), "attempts": 0, "iteration": 0, "total": 0,
+            "batch": batch,
         })
         if batch:
             pipe.rpush(self.key("batch", batch), job_id)
@@ -171,7 +96,7 @@ class JobStore:
         if not raw:
             return None
         job = {k.decode(): v.decode() for k, v in raw.items()}
-        for k in ("params", "report"):
+        for k in ("image", "report"):
             if k in job:
                 job[k] = json.loads(job[k])
         for k in ("created", "started", "finished", "loss", "heartbeat"):
@@ -319,35 +244,3 @@ class JobStore:
                 if s is not None and s.decode() in counts:
                     counts[s.decode()] += 1
         return counts
-
-
-TASK_NAME = "preempt.run_job"
-
-
-def make_celery(settings: Settings):
-    """The Celery app both sides use: Redis broker, late acks, prefetch 1, no result backend.
-
-    Jobs live in the :class:`JobStore`, so Celery carries only job ids. The visibility timeout is
-    the broker's last-resort redelivery of an unacknowledged message; the job leases (see the
-    module docstring) bring a dead worker's job back within seconds.
-    """
-    from celery import Celery
-
-    app = Celery("preempt", broker=celery_broker_url(settings.require_url()))
-    app.conf.update(
-        task_default_queue=settings.queue,
-        task_acks_late=True,
-        task_reject_on_worker_lost=True,
-        task_ignore_result=True,
-        worker_prefetch_multiplier=1,
-        worker_hijack_root_logger=False,
-        broker_connection_retry_on_startup=True,
-        broker_transport_options={"visibility_timeout": settings.visibility_timeout},
-        task_serializer="json",
-        accept_content=["json"],
-    )
-    return app
-
-
-def enqueue(celery_app, job_id: str, queue: str) -> None:
-    celery_app.send_task(TASK_NAME, args=[job_id], queue=queue)

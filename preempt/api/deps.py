@@ -1,0 +1,76 @@
+"""Typed dependencies of the routes: what a route needs, by type (tests override them)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Callable, Optional
+
+from fastapi import Depends, Request, UploadFile
+from starlette.concurrency import run_in_threadpool
+
+from preempt.api.errors import BodyTooLarge, InvalidParameter, InvalidRequest, JobNotFound, image_error
+from preempt.api.metrics import Metrics
+from preempt.imagefile import ImageError, ImageInfo, inspect_image
+from preempt.registry import DEFAULT_MODEL
+from preempt.settings import Settings
+from preempt.store import JobStore
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_store(request: Request) -> JobStore:
+    return request.app.state.store
+
+
+def get_enqueue(request: Request) -> Callable[[str], None]:
+    """Sends a job id to the workers (the Celery queue)."""
+    return request.app.state.enqueue
+
+
+def get_cards(request: Request) -> dict:
+    """Model name -> model card of the models this service protects against."""
+    return request.app.state.cards
+
+
+def get_metrics(request: Request) -> Metrics:
+    return request.app.state.metrics
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+StoreDep = Annotated[JobStore, Depends(get_store)]
+EnqueueDep = Annotated[Callable[[str], None], Depends(get_enqueue)]
+CardsDep = Annotated[dict, Depends(get_cards)]
+MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+
+
+async def get_job(job_id: str, store: StoreDep) -> dict:
+    job = await run_in_threadpool(store.get, job_id) if job_id.isalnum() and len(job_id) <= 64 else None
+    if job is None:
+        raise JobNotFound(f"no job {job_id!r} (unknown, deleted or expired)")
+    return job
+
+
+JobDep = Annotated[dict, Depends(get_job)]
+
+
+def known_model(name: Optional[str], cards: dict) -> str:
+    """The model a request names (the default when none), or a 422 naming the choices."""
+    name = name or DEFAULT_MODEL
+    if name not in cards:
+        raise InvalidParameter(f"model: unknown model {name!r}; GET /v1/models lists them")
+    return name
+
+
+async def read_image(upload: Optional[UploadFile], settings: Settings, field: str = "file") -> tuple:
+    """``(bytes, ImageInfo)`` of an upload that passed every check; the matching error otherwise."""
+    if upload is None:
+        raise InvalidRequest(f"{field}: an image file is required (multipart field {field!r})")
+    data = await upload.read()
+    if len(data) > settings.max_upload_bytes:
+        raise BodyTooLarge(f"{field}: {len(data)} bytes; the limit is {settings.max_upload_bytes}")
+    try:
+        info: ImageInfo = await run_in_threadpool(inspect_image, data, settings.max_pixels)
+    except ImageError as e:
+        raise image_error(field, e) from None
+    return data, info
