@@ -92,73 +92,53 @@ def _request(args) -> RobustifyRequest:
         raise UsageError(str(e)) from None
 
 
-def _inputs(paths) -> list:
-    """The image files named, folders expanded to their PNG/JPEG/WebP files."""
-    inputs = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            inputs += sorted(q for q in p.iterdir() if q.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"))
-        elif p.exists():
-            inputs.append(p)
-        else:
-            raise UsageError(f"{p}: no such file or directory")
-    if not inputs:
-        raise UsageError("no input images (PNG, JPEG or WebP) given")
-    return inputs
-
-
 def cmd_robustify(args) -> int:
     import torch
 
-    from preempt.core.images import ImageError, decode
-    from preempt.core.protect import batches_by_shape
-    from preempt.pipeline import load_protector, protect
+    from preempt.files import PlanError, Report, plan, protect_files
+    from preempt.pipeline import load_protector
 
     request = _request(args)
-    torch.manual_seed(args.seed)
-    inputs = _inputs(args.inputs)
-    out_dir = Path(args.output)
-    out_names = {p: p.with_suffix(".png").name for p in inputs}  # a/b/x.jpg -> OUT_DIR/x.png
-    names = list(out_names.values())
-    dupes = {n for n in names if names.count(n) > 1}
-    if dupes:
-        raise UsageError(f"several inputs would write the same output file: {sorted(dupes)}")
+    try:
+        work = plan(args.inputs, Path(args.output), recursive=args.recursive)
+    except PlanError as e:
+        raise UsageError(str(e)) from None
+    for path, reason in work.skipped:
+        print(f"preempt: {path}: skipped: {reason}", file=sys.stderr)
+    for path, reason in work.unreadable:
+        print(f"preempt: {path}: {reason}", file=sys.stderr)
     try:
         protector = load_protector(args.model, args.device, args.precision, args.arch)
     except ValueError as e:
         raise UsageError(str(e)) from None
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths, images, failed = [], [], 0
-    for path in inputs:
-        try:
-            images.append(decode(path.read_bytes()))
-            paths.append(path)
-        except (ImageError, OSError) as e:
-            print(f"preempt: {path}: {e}", file=sys.stderr)
-            failed += 1
-    batches = batches_by_shape(images, args.batch_size)
-    reports = {}
-    bar = _bar(len(batches) * request.iterations, f"robustify {len(images)} image(s)", "iter")
-    for k, batch in enumerate(batches):
-        t0 = time.perf_counter()
-        # bar position = iterations of earlier batches + this one's (a retry holds it at the end)
-        results = protect(request, protector, [images[i] for i in batch],
-                          progress=lambda i, n, loss, base=k * request.iterations: bar.update(base + i - bar.n))
-        seconds = (time.perf_counter() - t0) / len(batch)
-        for i, result in zip(batch, results):
-            name = out_names[paths[i]]
-            (out_dir / name).write_bytes(result.png)
-            reports[i] = {"input": str(paths[i]), "output": str(out_dir / name), **result.report,
-                          "seconds": round(seconds, 3)}
-    bar.close()
-    reports = [reports[i] for i in sorted(reports)]
-    report_path = Path(args.report) if args.report else out_dir / "report.json"
-    summary = {"request": request.model_dump(), "images": reports}
-    report_path.write_text(json.dumps(summary, indent=2) + "\n")
-    robust = sum(1 for r in reports if r.get("verified", {}).get("robust"))
-    print(f"wrote {len(reports)} image(s) to {out_dir} ({robust} verified robust), report {report_path}"
-          + (f"; {failed} input(s) could not be read" if failed else ""), file=sys.stderr)
-    return 1 if failed else 0
+    torch.manual_seed(args.seed)
+    report = Report(Path(args.report) if args.report else Path(args.output) / "report.json", request, args.seed)
+    bars = []
+
+    def progress(done: int, total: int, iteration: int, iterations: int) -> None:
+        if not bars:
+            bars.append(_bar(total, "robustify", "img"))
+        bars[0].update(done - bars[0].n)
+        bars[0].set_postfix_str(f"iteration {iteration}/{iterations}", refresh=False)
+
+    try:
+        outcome = protect_files(request, protector, work, report, batch_size=args.batch_size, force=args.force,
+                                compare=args.compare, progress=progress)
+    except KeyboardInterrupt:
+        for bar in bars:
+            bar.close()
+        print(f"preempt: interrupted; {len(report.images)} image(s) protected so far are in {report.path}; "
+              "run the same command again to go on", file=sys.stderr)
+        return 130
+    for bar in bars:
+        bar.close()
+    s = report.summary()
+    checked = (f"{s['verified_robust']} verified robust, {s['not_robust']} not" if s["verified"] else "not verified")
+    print(f"protected {s['images']} image(s) in {args.output} ({checked})"
+          + (f"; {outcome.reused} already done, kept (--force redoes them)" if outcome.reused else "")
+          + (f"; {outcome.failed} input(s) could not be read" if outcome.failed else "")
+          + f"; report {report.path}", file=sys.stderr)
+    return 1 if outcome.failed else 0
 
 
 # ---------------------------------------------------------------- train
@@ -338,8 +318,17 @@ def _add_model(p):
     p.add_argument("--model", default=DEFAULT_MODEL,
                    help="registered model name or path to a TorchScript/.pt2/state_dict file (default %(default)s)")
     p.add_argument("--arch", default=None, help="architecture of a state_dict file (small-cnn, preact-resnet18, ...)")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random starts (default %(default)s)")
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("preempt")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -351,11 +340,19 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="preempt", description="Preemptive image robustification (Moon et al., AAAI 2022)")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("robustify", help="robustify images; writes lossless PNGs and a JSON report")
     p.add_argument("inputs", nargs="+", help="image files (PNG, JPEG, WebP) or folders of them")
-    p.add_argument("-o", "--output", required=True, help="output folder")
+    p.add_argument("-o", "--output", required=True,
+                   help="output folder (not inside an input folder); an input a/b/x.jpg becomes OUTPUT/x.png")
+    p.add_argument("-r", "--recursive", action="store_true",
+                   help="also protect the images in sub-folders of an input folder, keeping the folder structure")
+    p.add_argument("--force", action="store_true",
+                   help="redo images a previous run with the same settings already protected (default: keep them)")
+    p.add_argument("--compare", action="store_true",
+                   help="also write OUTPUT/compare/NAME.compare.png: original, protected and amplified difference")
     _add_threat(p)
     _add_model(p)
     _add_effort(p)
@@ -368,20 +365,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="robustify the images the check rejects once more, with every outer iteration and targeted "
                         "inner attacks toward the 3 runner-up classes; keep the new PNG only if it passes the check")
     _add_stop(p)
-    p.add_argument("--batch-size", type=_positive_int, default=64, help="images of one size robustified together")
+    p.add_argument("--batch-size", type=_positive_int, default=64,
+                   help="images of one size robustified together (default %(default)s)")
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
                    help="the classifier's precision while robustifying (bf16: for large models on a GPU; "
                         "labels and verification stay fp32)")
     p.set_defaults(func=cmd_robustify)
 
     p = sub.add_parser("train", help="train a classifier on Fashion-MNIST (Algorithm 2 and baselines)")
-    p.add_argument("--method", choices=["preemptive", "adversarial", "gaussian", "standard"], default="adversarial")
-    p.add_argument("--dataset", default="fashion-mnist")
-    p.add_argument("--arch", default="small-cnn")
+    p.add_argument("--method", choices=["preemptive", "adversarial", "gaussian", "standard"], default="adversarial",
+                   help="preemptive: Algorithm 2; adversarial: PGD training; gaussian: noise for smoothing; standard "
+                        "(default %(default)s)")
+    p.add_argument("--dataset", default="fashion-mnist", help="only fashion-mnist can be read here")
+    p.add_argument("--arch", default="small-cnn", help="small-cnn, preact-resnet18, wrn-34-10 or resnet50 "
+                                                       "(default %(default)s)")
     _add_threat(p, "linf", 0.1)
-    p.add_argument("--epochs", type=_positive_int, default=10)
-    p.add_argument("--batch-size", type=_positive_int, default=128)
-    p.add_argument("--lr", type=_positive_float, default=1e-3)
+    p.add_argument("--epochs", type=_positive_int, default=10, help="(default %(default)s)")
+    p.add_argument("--batch-size", type=_positive_int, default=128, help="(default %(default)s)")
+    p.add_argument("--lr", type=_positive_float, default=1e-3, help="Adam's learning rate (default %(default)s)")
     p.add_argument("--lr-schedule", choices=["constant", "cosine"], default="constant",
                    help="Adam's learning rate: constant, or cosine-annealed to 0 over all epochs")
     p.add_argument("--attack-steps", type=_positive_int, default=10, help="K")
@@ -394,8 +395,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sigma", type=_positive_float, default=0.25, help="noise level (gaussian)")
     p.add_argument("--limit", type=_positive_int, default=None, help="use only the first N training images")
     p.add_argument("--val-size", type=_positive_int, default=5000, help="held-out images for early stopping")
-    p.add_argument("--test-size", type=_positive_int, default=10000)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--test-size", type=_positive_int, default=10000,
+                   help="test images the card's accuracy is measured on (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="(default %(default)s)")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N]: where the model trains (the checkpoint is saved for cpu)")
     p.add_argument("-o", "--output", required=True, help="checkpoint path (.pt); the model card goes beside it")
     p.set_defaults(func=cmd_train)
@@ -408,13 +410,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--whitebox", action="store_true", help="also run the adaptive white-box attack (Alg. 3-4)")
     _add_effort(p)
     _add_stop(p)
-    p.add_argument("--batch-size", type=_positive_int, default=200)
-    p.add_argument("--json", default=None)
-    p.add_argument("--markdown", default=None)
+    p.add_argument("--batch-size", type=_positive_int, default=200, help="images evaluated together (default %(default)s)")
+    p.add_argument("--json", default=None, help="also write the table as JSON to this file")
+    p.add_argument("--markdown", default=None, help="also write the table as markdown to this file")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("reproduce", help="reproduce the paper's Section 4 on Fashion-MNIST: tables, JSON, plots")
-    p.add_argument("--dataset", default="fashion-mnist")
+    p.add_argument("--dataset", default="fashion-mnist", help="only fashion-mnist can be read here")
     p.add_argument("--norm", choices=["linf", "l2", "smoothing", "all"], default="linf",
                    help="linf: eps = delta = 0.1; l2: 1.5; smoothing: l2 0.5 with sigma 0.25")
     p.add_argument("-n", type=_positive_int, default=1000, help="test images (default %(default)s)")
@@ -432,22 +434,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="evaluate only these models of the setting (comma list of roles, e.g. ours): one process "
                         "per role can share --work, and a last run without --roles finds every chunk cached")
     p.add_argument("--work", default="runs/reproduce", help="cache of finished chunks (default %(default)s)")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="(default %(default)s)")
     _add_stop(p)
     p.add_argument("--samples", type=_positive_int, default=1, help="random starts N of the robustifier")
     p.set_defaults(func=cmd_reproduce)
 
     p = sub.add_parser("certify", help="CERTIFY of Cohen et al. on Fashion-MNIST test images")
     _add_model(p)
-    p.add_argument("--sigma", type=_positive_float, default=0.25)
+    p.add_argument("--sigma", type=_positive_float, default=0.25, help="the noise level (default %(default)s)")
     p.add_argument("-n", type=_positive_int, default=100, help="test images")
-    p.add_argument("--n0", type=_positive_int, default=100)
+    p.add_argument("--n0", type=_positive_int, default=100, help="noise samples that select the class (default %(default)s)")
     p.add_argument("--samples", type=_positive_int, default=10000, help="noise samples n")
-    p.add_argument("--alpha", type=_positive_float, default=0.001)
+    p.add_argument("--alpha", type=_positive_float, default=0.001,
+                   help="failure probability of the certificate (default %(default)s)")
     p.add_argument("--radius", type=float, default=0.5, help="radius at which certified accuracy is reported")
-    p.add_argument("--batch-size", type=_positive_int, default=1000)
-    p.add_argument("--json", default=None)
+    p.add_argument("--batch-size", type=_positive_int, default=1000, help="noise samples per pass (default %(default)s)")
+    p.add_argument("--json", default=None, help="also write the results as JSON to this file")
     p.set_defaults(func=cmd_certify)
 
     _add_service(sub)
@@ -471,19 +474,21 @@ def cmd_worker(args) -> int:
 
 def _add_service(sub) -> None:
     p = sub.add_parser("serve", help="the HTTP service: API, workers and (without PREEMPT_REDIS_URL) an embedded Redis")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=_positive_int, default=8000)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s)")
+    p.add_argument("--port", type=_positive_int, default=8000, help="(default %(default)s)")
     p.add_argument("--workers", type=_positive_int, default=None,
                    help="worker processes (default: one per GPU, or one on the CPU)")
     p.add_argument("--device", default=None, help="device of every worker (default: one GPU each, else cpu)")
     p.add_argument("--data-dir", default=None, help="embedded Redis data (default ~/.local/share/preempt)")
-    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                   help="(default %(default)s)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("worker", help="one queue worker on one device (reads PREEMPT_REDIS_URL)")
     p.add_argument("--device", default="cpu", help="cpu or cuda:N (sets CUDA_VISIBLE_DEVICES=N)")
     p.add_argument("--name", default=None, help="worker name (default worker-HOST-PID)")
-    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                   help="(default %(default)s)")
     p.set_defaults(func=cmd_worker)
 
 

@@ -107,8 +107,9 @@ def encode_png(pixels: torch.Tensor, alpha: Optional[np.ndarray] = None) -> byte
 
 
 def budget_used(x_rob: torch.Tensor, x_orig: torch.Tensor) -> dict:
-    """``{"linf", "l2", "psnr"}`` of a single image pair ``[C, H, W]`` in [0, 1]."""
+    """``{"linf", "l2", "psnr"}`` of a single image pair ``[C, H, W]`` in [0, 1]; ``psnr`` is ``None`` for an
+    unchanged image (infinite, which JSON cannot hold)."""
     d = (x_rob - x_orig)[None]
     mse = float(d.pow(2).mean())
-    psnr = float("inf") if mse == 0 else float(10 * np.log10(1.0 / mse))
+    psnr = None if mse == 0 else float(10 * np.log10(1.0 / mse))
     return {"linf": float(flat_norm(d, "linf")[0]), "l2": float(flat_norm(d, "l2")[0]), "psnr": psnr}

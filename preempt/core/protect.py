@@ -12,7 +12,7 @@ The pipeline the command line and the service share:
 The verification (``verify``): ``"apgd"`` (the default) is PGD-20 with 5 restarts, then on the
 images that survive it the gradient half of AutoAttack at its standard settings: APGD-CE (100
 iterations) and APGD-T (100 iterations toward each of the 9 runner-up classes). Robustification
-defeats untargeted PGD more easily than targeted attacks (docs/protection.md), so the PGD check alone
+defeats untargeted PGD more easily than targeted attacks (docs/science.md), so the PGD check alone
 would call images robust that AutoAttack still breaks. ``"pgd"`` is the PGD-20 x 5 check alone
 (cheaper, weaker).
 
@@ -20,7 +20,7 @@ would call images robust that AutoAttack still breaks. ``"pgd"`` is the PGD-20 x
 again from the original with :data:`RETRY_CONFIG` (every outer iteration, no early stopping, with a
 targeted inner attack toward each of the 3 runner-up classes, the worst start driving the update); a
 new output replaces the first only if it passes the same check. It costs passes only on the rejected
-images, 3 x (T + 1) per outer iteration (docs/protection.md measures it).
+images, 3 x (T + 1) per outer iteration (docs/science.md measures it).
 """
 
 from __future__ import annotations
@@ -55,12 +55,12 @@ class ProtectResult:
     report: dict
 
 
-def batches_by_shape(images: Sequence[DecodedImage], batch_size: int) -> List[List[int]]:
-    """Indices of ``images`` grouped by pixel shape (in order of first appearance), each group cut into
-    batches of at most ``batch_size``: what :func:`protect_images` can take at once."""
+def batches_by_shape(shapes: Sequence[tuple], batch_size: int) -> List[List[int]]:
+    """Indices of images grouped by their pixel shape ``(C, H, W)`` (in order of first appearance), each
+    group cut into batches of at most ``batch_size``: what :func:`protect_images` can take at once."""
     groups: dict = {}
-    for i, img in enumerate(images):
-        groups.setdefault(tuple(img.pixels.shape), []).append(i)
+    for i, shape in enumerate(shapes):
+        groups.setdefault(tuple(shape), []).append(i)
     return [idx[k:k + batch_size] for idx in groups.values() for k in range(0, len(idx), batch_size)]
 
 

@@ -90,7 +90,7 @@ def run_robustify(store: JobStore, models: ModelCache, jobs: List[dict], max_pix
     protector = models.get(request.model)
     decoded = [(job, _decode_upload(store, job["job_id"], max_pixels)) for job in jobs]
     decoded = [(job, img) for job, img in decoded if img is not None]
-    for batch in batches_by_shape([img for _, img in decoded], len(decoded)):
+    for batch in batches_by_shape([img.pixels.shape for _, img in decoded], len(decoded)):
         group = [decoded[i] for i in batch]
         ids = [job["job_id"] for job, _ in group]
         started = time.perf_counter()
