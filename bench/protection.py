@@ -1,4 +1,4 @@
-"""Protection ablation: which robustifier ingredients hold under AutoAttack (docs/protection.md).
+"""Protection ablation: which robustifier ingredients hold under AutoAttack (docs/science.md).
 
     python -m bench.protection [-n 200] [--model fmnist-linf-ours] [--norm linf] \\
         [--variants paper,cw,targeted3-max] [--attacks pgd,aa] [--whitebox] [--json F] [--markdown F]
@@ -42,6 +42,7 @@ from preempt.core.models import load_classifier
 from preempt.core.protect import RETRY_CONFIG, protect_images, verify_robust
 from preempt.core.robustify import RobustifyConfig
 from preempt.core.threat import ThreatModel
+from preempt.registry import DEFAULT_MODEL
 
 VARIANTS = {
     "paper": {},
@@ -66,7 +67,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("-n", type=int, default=200)
     ap.add_argument("--start", type=int, default=0, help="first test image (images start .. start + n)")
-    ap.add_argument("--model", default="fmnist-linf-ours")
+    ap.add_argument("--model", default=DEFAULT_MODEL)
     ap.add_argument("--norm", choices=["linf", "l2"], default="linf")
     ap.add_argument("--epsilon", type=float, default=None, help="default 0.1 (linf) or 1.5 (l2); delta = epsilon")
     ap.add_argument("--variants", default="paper,cw,targeted3-max")

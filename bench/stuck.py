@@ -56,7 +56,7 @@ ANNEAL_STAGE = 20
 EFFORTS = sorted(EFFORT) + ["anneal"]
 DEFAULTS = {  # norm -> (model, epsilon, deltas)
     "linf": (DEFAULT_MODEL, 0.1, "0.1,0.15,0.2"),
-    "l2": ("fmnist-l2-ours", 1.5, "1.5,2.0,2.5"),
+    "l2": ("fmnist-l2-ours-8ep", 1.5, "1.5,2.0,2.5"),
 }
 
 

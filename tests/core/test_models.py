@@ -67,8 +67,8 @@ def test_architectures_build(arch, shape):
 def test_bf16_classifier_returns_fp32_logits_that_agree_with_fp32(fmnist_test):
     """``precision="bf16"`` runs the convolutions in bf16 but hands the algorithms fp32 logits;
     its predictions match the fp32 model's on real test images (up to a rare tie)."""
-    fp32 = load_classifier("fmnist-linf-adv")
-    bf16 = load_classifier("fmnist-linf-adv", precision="bf16")
+    fp32 = load_classifier("fmnist-linf-adv-8ep")
+    bf16 = load_classifier("fmnist-linf-adv-8ep", precision="bf16")
     x = fmnist_test[0][:200]
     with torch.no_grad():
         a, b = fp32.model(x), bf16.model(x)
@@ -76,7 +76,7 @@ def test_bf16_classifier_returns_fp32_logits_that_agree_with_fp32(fmnist_test):
     assert (a.argmax(1) == b.argmax(1)).float().mean() >= 0.98
     assert (a - b).abs().max() < 0.5  # bf16 has 8 mantissa bits: close, not equal
     with pytest.raises(ValueError, match="precision"):
-        load_classifier("fmnist-linf-adv", precision="fp8")
+        load_classifier("fmnist-linf-adv-8ep", precision="fp8")
 
 
 def test_channels_last_is_chosen_by_device_and_precision():
@@ -84,5 +84,5 @@ def test_channels_last_is_chosen_by_device_and_precision():
     def conv_weight(clf):
         return next(p for p in clf.model.parameters() if p.dim() == 4)
 
-    assert conv_weight(load_classifier("fmnist-linf-adv")).is_contiguous(memory_format=torch.channels_last)
-    assert conv_weight(load_classifier("fmnist-linf-adv", channels_last=False)).is_contiguous()
+    assert conv_weight(load_classifier("fmnist-linf-adv-8ep")).is_contiguous(memory_format=torch.channels_last)
+    assert conv_weight(load_classifier("fmnist-linf-adv-8ep", channels_last=False)).is_contiguous()

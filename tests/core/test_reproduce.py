@@ -42,11 +42,11 @@ def test_linf_report_has_the_issue_layout_and_resumes_from_cache(tmp_path):
     # add chunks after them; another model in one role leaves the other role's chunks valid.
     logs.clear()
     more = run_setting("linf", ReproduceConfig(n=8, chunk=2, attacks=("pgd",), robustify=SMALL),
-                       tmp_path / "work", log=logs.append, models={"ours": "fmnist-linf-ours-6ep"})
+                       tmp_path / "work", log=logs.append, models={"ours": "fmnist-l2-ours-8ep"})
     adv = SETTINGS["linf"].models["adv"]
     assert [m.split(": ")[0] for m in logs if "cached" in m] == [
         f"linf {adv} images 0-3", f"linf {adv} images 3-6"]
-    assert len([m for m in logs if "cached" not in m]) == 1 + 4  # adv 6-8; ours-6ep 0-2, ..., 6-8
+    assert len([m for m in logs if "cached" not in m]) == 1 + 4  # adv 6-8; the other ours 0-2, ..., 6-8
     assert more["n_images"] == 8 and more["rows"][0]["model_name"] == adv
 
     paths = write_report(report, tmp_path / "reports")
@@ -81,10 +81,10 @@ def test_cli_refuses_datasets_it_cannot_have(tmp_path):
 
 def test_models_option_replaces_a_role_and_refuses_unknown_ones(tmp_path):
     cfg = ReproduceConfig(n=2, chunk=2, attacks=("pgd",), whitebox=False, robustify=RobustifyConfig(iterations=2, steps=2))
-    report = run_setting("linf", cfg, tmp_path / "work", log=lambda m: None, models={"adv": "fmnist-linf-adv"})
+    report = run_setting("linf", cfg, tmp_path / "work", log=lambda m: None, models={"adv": "fmnist-l2-adv-8ep"})
     names = {(r["model"], r["model_name"]) for r in report["rows"]}
-    assert names == {("adv", "fmnist-linf-adv"), ("ours", SETTINGS["linf"].models["ours"])}
-    assert "fmnist-linf-adv" in report["wall"]
+    assert names == {("adv", "fmnist-l2-adv-8ep"), ("ours", SETTINGS["linf"].models["ours"])}
+    assert "fmnist-l2-adv-8ep" in report["wall"]
     with pytest.raises(ValueError, match="gaussian"):
         run_setting("linf", cfg, tmp_path / "work", log=lambda m: None, models={"gaussian": "fmnist-gaussian-0.25"})
     r = subprocess.run([sys.executable, "-m", "preempt.cli", "reproduce", "--norm", "all", "--models", "adv=x"],
@@ -111,12 +111,22 @@ def test_roles_split_a_setting_across_runs_that_share_the_work_folder(tmp_path):
 
 
 def test_every_report_model_is_shipped_with_the_command_that_trained_it_and_the_default_is_robust():
-    """`--train` would rerun exactly the command in each model card; the service's default model is the
+    """`--train` would rerun exactly the options in each model card (a shipped model's, or for a model
+    that is no longer shipped its card in docs/models/cards); the service's default model is the
     preemptively robust linf model of the linf report."""
-    for setting in SETTINGS.values():
-        for name in setting.models.values():
-            card = model_card(name)
-            assert card["command"].split(" -o ")[0] == train_command(name)
+    from pathlib import Path
+
+    from preempt.core.reproduce import TRAIN_RECIPES
+    from preempt.registry import registered_models
+
+    cards = Path(__file__).resolve().parents[2] / "docs" / "models" / "cards"
+    report_models = {name for setting in SETTINGS.values() for name in setting.models.values()}
+    assert report_models | {DEFAULT_MODEL} == set(registered_models())  # nothing else ships
+    for name in TRAIN_RECIPES:
+        card = model_card(name) if name in registered_models() else json.loads((cards / f"{name}.json").read_text())
+        recorded, ours = (c.split(" -o ")[0].split()[2:] for c in (card["command"], train_command(name)))
+        assert dict(zip(recorded[::2], recorded[1::2])) == dict(zip(ours[::2], ours[1::2])), name
+        if name in report_models:
             assert card["wall_seconds"] < 3600  # each within the 60 minutes of the 2-core machine
     assert DEFAULT_MODEL == SETTINGS["linf"].models["ours"]
     assert model_card(DEFAULT_MODEL)["method"] == "preemptive"

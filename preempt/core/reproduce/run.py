@@ -65,7 +65,7 @@ def run_setting(name: str, cfg: ReproduceConfig, work: Path, train: bool = False
     """Evaluate every row of setting ``name`` on the first ``cfg.n`` test images; returns the report dict.
 
     ``models`` (role -> registered name or checkpoint) replaces some of the setting's models, e.g.
-    ``{"ours": "fmnist-linf-ours-6ep"}``; each row records the name it used (``model_name``).
+    ``{"ours": "fmnist-l2-ours-8ep"}``; each row records the name it used (``model_name``).
     ``roles`` evaluates only those models (the report has their rows alone): one process per role
     can then share ``work``, and a last run over every role finds all chunks cached.
     """
