@@ -6,10 +6,10 @@
 # On Fashion-MNIST l2 (eps = delta = 1.5) every small-cnn trained so far (ADV, Ours with L = 1 or 3,
 # a training eps of 2.0, a training delta of 1.0, a share of the batch at the original) keeps about
 # the same share of the robustified images under AutoAttack (0.81-0.855 of the first 200 test images,
-# docs/protection.md): the gap closure moves only with the originals' robustness. This script trains
+# docs/science.md): the gap closure moves only with the originals' robustness. This script trains
 # ARCH (default preact-resnet18, 11 M parameters, about 50x the small CNN's cost per pass) with each
 # of METHODS (default: Algorithm 2, then PGD adversarial training) at the small CNN's 8-epoch recipe,
-# then measures each as docs/protection.md measures the small CNNs: bench.protection on N images with
+# then measures each as docs/science.md measures the small CNNs: bench.protection on N images with
 # PGD-20 and AutoAttack, the report's check and the 3-start retry, and the white-box attack
 # (Algorithms 3-4; the first method alone).
 # EPOCHS=auto (the default) first times an epoch on LIMIT_PROBE training images, then trains as many
