@@ -12,6 +12,7 @@ import shlex
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 from preempt.registry import DEFAULT_MODEL, card_for
 from preempt.request import PRESETS, RequestError, RobustifyRequest
@@ -81,24 +82,54 @@ REQUEST_OPTIONS = ("norm", "epsilon", "delta", "preset", "iterations", "steps", 
                    "stop_loss", "plateau_window", "verify", "retry")
 
 
-def _request(args) -> RobustifyRequest:
-    """The request the options describe, with the model card's defaults (the same rule as the API's)."""
+def _request(args, card: Optional[dict] = None) -> RobustifyRequest:
+    """The request the options describe, with the model card's defaults (the same rule as the API's);
+    ``card`` is the card of a model the command line cannot read itself (a service's)."""
     options = {k: getattr(args, k, None) for k in REQUEST_OPTIONS}
     if getattr(args, "no_verify", False):
         options["verify"] = "off"
     try:
-        return RobustifyRequest.resolve(card_for(args.model), args.model, **options)
+        return RobustifyRequest.resolve(card if card is not None else card_for(args.model), args.model, **options)
     except (RequestError, ValueError) as e:
         raise UsageError(str(e)) from None
+
+
+# The options a Preempt service takes; the others run only on this machine.
+SERVICE_OPTIONS = ("model", "preset", "norm", "epsilon", "delta", "iterations", "verify", "no_verify", "retry")
+
+
+def _remote(args):
+    """``(client, runner card)`` for ``--server``: the model's card as the service has it."""
+    import httpx
+
+    from preempt.client import ApiError, Client
+
+    local_only = [k for k in REQUEST_OPTIONS + ("precision", "arch") if k not in SERVICE_OPTIONS
+                  and getattr(args, k, None) not in (None, "fp32")]
+    if local_only:
+        raise UsageError(f"--{local_only[0].replace('_', '-')} runs only on this machine; drop it or --server")
+    client = Client(args.server, api_key=args.api_key)
+    try:
+        models = client.models().models
+    except (ApiError, httpx.HTTPError) as e:
+        raise UsageError(f"{args.server}: {e}") from None
+    card = next((m.model_dump() for m in models if m.name == args.model), None)
+    if card is None:
+        raise UsageError(f"the service has no model {args.model!r}; it has {', '.join(m.name for m in models)}")
+    return client, card
 
 
 def cmd_robustify(args) -> int:
     import torch
 
-    from preempt.files import PlanError, Report, plan, protect_files
-    from preempt.pipeline import load_protector
+    from preempt.files import PlanError, Report, local_runner, plan, protect_files, remote_runner
 
-    request = _request(args)
+    if args.server:
+        client, card = _remote(args)
+        request = _request(args, card)
+        run = remote_runner(client, request, concurrency=args.concurrency)
+    else:
+        request = _request(args)
     try:
         work = plan(args.inputs, Path(args.output), recursive=args.recursive)
     except PlanError as e:
@@ -107,11 +138,15 @@ def cmd_robustify(args) -> int:
         print(f"preempt: {path}: skipped: {reason}", file=sys.stderr)
     for path, reason in work.unreadable:
         print(f"preempt: {path}: {reason}", file=sys.stderr)
-    try:
-        protector = load_protector(args.model, args.device, args.precision, args.arch)
-    except ValueError as e:
-        raise UsageError(str(e)) from None
-    torch.manual_seed(args.seed)
+    if not args.server:
+        from preempt.pipeline import load_protector
+
+        try:
+            protector = load_protector(args.model, args.device, args.precision, args.arch)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+        torch.manual_seed(args.seed)
+        run = local_runner(request, protector)
     report = Report(Path(args.report) if args.report else Path(args.output) / "report.json", request, args.seed)
     bars = []
 
@@ -122,7 +157,7 @@ def cmd_robustify(args) -> int:
         bars[0].set_postfix_str(f"iteration {iteration}/{iterations}", refresh=False)
 
     try:
-        outcome = protect_files(request, protector, work, report, batch_size=args.batch_size, force=args.force,
+        outcome = protect_files(request, run, work, report, batch_size=args.batch_size, force=args.force,
                                 compare=args.compare, progress=progress)
     except KeyboardInterrupt:
         for bar in bars:
@@ -351,6 +386,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also protect the images in sub-folders of an input folder, keeping the folder structure")
     p.add_argument("--force", action="store_true",
                    help="redo images a previous run with the same settings already protected (default: keep them)")
+    p.add_argument("--server", default=None, metavar="URL",
+                   help="protect on a Preempt service (e.g. http://127.0.0.1:8000) instead of this machine")
+    p.add_argument("--api-key", default=None, help="the service's API key (with --server)")
+    p.add_argument("--concurrency", type=_positive_int, default=4,
+                   help="images in flight on the service at once (with --server; default %(default)s)")
     p.add_argument("--compare", action="store_true",
                    help="also write OUTPUT/compare/NAME.compare.png: original, protected and amplified difference")
     _add_threat(p)

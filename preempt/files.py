@@ -9,7 +9,8 @@
   leaves a valid report; a rerun reuses each image whose report entry and output file exist and were
   made with the same request and seed.
   Every input that is not an image, or cannot be read, is kept with its reason.
-* :func:`protect_files` runs a request over a plan, robustifying the images in batches of one shape.
+* :func:`protect_files` runs a request over a plan in batches of one shape, on this machine
+  (:func:`local_runner`) or on a Preempt service (:func:`remote_runner`).
 """
 
 from __future__ import annotations
@@ -171,19 +172,48 @@ class Outcome:
 
 
 Progress = Callable[[int, int, int, int], None]  # (images done, images to do, iteration, iterations)
+# A batch of original files in, for each a (PNG, report) out, or (None, {"error": reason}) when it failed;
+# the callable reports (iteration, iterations) of the batch as it goes.
+Runner = Callable[[List[bytes], Callable[[int, int], None]], List[tuple]]
 
 
-def protect_files(request: RobustifyRequest, protector, work: Plan, report: Report, *, batch_size: int = 64,
+def local_runner(request: RobustifyRequest, protector) -> Runner:
+    """Robustify on this machine (:func:`preempt.pipeline.protect`)."""
+    from preempt.core.images import decode
+    from preempt.pipeline import protect
+
+    def run(originals: List[bytes], progress: Callable[[int, int], None]) -> List[tuple]:
+        results = protect(request, protector, [decode(data) for data in originals],
+                          progress=lambda i, n, loss: progress(i, n))
+        return [(r.png, r.report) for r in results]
+
+    return run
+
+
+def remote_runner(client, request: RobustifyRequest, concurrency: int = 4) -> Runner:
+    """Robustify on a Preempt service through :class:`preempt.client.Client` (the request's form fields)."""
+    fields = request.model_dump(include={"model", "preset", "norm", "epsilon", "delta", "iterations", "verify",
+                                         "retry"})
+
+    def run(originals: List[bytes], progress: Callable[[int, int], None]) -> List[tuple]:
+        jobs = client.robustify_many(originals, concurrency=concurrency,
+                                     progress=lambda done, total: progress(done, total), **fields)
+        return [(client.result(job), job.report) if job.status == "succeeded"
+                else (None, {"error": f"job {job.job_id} {job.status}: {job.error}"}) for job in jobs]
+
+    return run
+
+
+def protect_files(request: RobustifyRequest, run: Runner, work: Plan, report: Report, *, batch_size: int = 64,
                   force: bool = False, compare: bool = False, progress: Optional[Progress] = None) -> Outcome:
-    """Protect the files of ``work`` as ``request`` says, saving ``report`` after every batch.
+    """Protect the files of ``work`` with ``run`` (:func:`local_runner` or :func:`remote_runner`), saving
+    ``report`` after every batch.
 
     ``force`` redoes images a previous run finished; ``compare`` also writes ``NAME.compare.png`` (original,
     protected, amplified difference) under ``OUT/compare/``. The plan's unreadable inputs are reported as
     failed. Ctrl-C (``KeyboardInterrupt``) leaves the report of the batches done.
     """
-    from preempt.core.images import decode
     from preempt.core.protect import batches_by_shape
-    from preempt.pipeline import protect
 
     outcome = Outcome(failed=len(work.unreadable))
     for path, reason in work.skipped:
@@ -203,15 +233,17 @@ def protect_files(request: RobustifyRequest, protector, work: Plan, report: Repo
     for batch in batches_by_shape([item.shape for item in todo], batch_size):
         items = [todo[i] for i in batch]
         originals = [item.source.read_bytes() for item in items]
-        images = [decode(data) for data in originals]
-        results = protect(request, protector, images,
-                          progress=None if progress is None else lambda i, n, loss: progress(done, len(todo), i, n))
-        for item, data, result in zip(items, originals, results):
-            _write_atomic(item.output, result.png)
-            entry = {"input": str(item.source), "output": str(item.output), **result.report,
-                     "output_sha256": _sha256(result.png), "settings": report.settings_key}
+        results = run(originals, lambda i, n: progress and progress(done, len(todo), i, n))
+        for item, data, (png, job_report) in zip(items, originals, results):
+            if png is None:
+                report.failed[str(item.source)] = job_report["error"]
+                outcome.failed += 1
+                continue
+            _write_atomic(item.output, png)
+            entry = {"input": str(item.source), "output": str(item.output), **job_report,
+                     "output_sha256": _sha256(png), "settings": report.settings_key}
             if compare:
-                _write_atomic(item.picture, comparison(data, result.png, request.delta))
+                _write_atomic(item.picture, comparison(data, png, request.delta))
                 entry["compare"] = str(item.picture)
             report.add(entry)
             outcome.written += 1

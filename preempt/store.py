@@ -9,6 +9,7 @@ Keys (all under ``preempt:``):
 ``lease:{id}``    held by the worker running the job, renewed by a heartbeat thread; when it lapses
                   while the job is ``running``, the worker died and the job is queued again
 ``active``        set of jobs not yet ended (what the janitor scans)
+``queued``        sorted set of the queued jobs by creation time (a job's rank is its queue position)
 ``worker:{name}`` a live worker's heartbeat (expires when the worker stops beating)
 ``stat:{name}``   counters behind ``/metrics``
 
@@ -67,6 +68,7 @@ class JobStore:
         return f"{PREFIX}{kind}:{job_id}"
 
     ACTIVE = PREFIX + "active"
+    QUEUED = PREFIX + "queued"
 
     # creation and reading
     def create(self, job_id: str, kind: str, request: str, upload: Optional[bytes] = None,
@@ -89,7 +91,12 @@ class JobStore:
         if extra_uploads:
             pipe.hset(self.key("job", job_id), "extra_uploads", ",".join(extra_uploads))
         pipe.sadd(self.ACTIVE, job_id)
+        pipe.zadd(self.QUEUED, {job_id: now})
         pipe.execute()
+
+    def queue_position(self, job_id: str) -> Optional[int]:
+        """How many queued jobs are ahead of this one (``None`` when it is not queued)."""
+        return self.r.zrank(self.QUEUED, job_id)
 
     def get(self, job_id: str) -> Optional[dict]:
         raw = self.r.hgetall(self.key("job", job_id))
@@ -143,6 +150,7 @@ class JobStore:
         self._forget_upload(pipe, job_id)
         pipe.delete(self.key("lease", job_id))
         pipe.srem(self.ACTIVE, job_id)
+        pipe.zrem(self.QUEUED, job_id)
         batch = self.r.hget(self.key("job", job_id), "batch")
         if batch:
             pipe.lrem(self.key("batch", batch.decode()), 0, job_id)
@@ -162,6 +170,7 @@ class JobStore:
         self._forget_upload(pipe, job_id)
         pipe.delete(self.key("job", job_id), self.key("result", job_id), self.key("lease", job_id))
         pipe.srem(self.ACTIVE, job_id)
+        pipe.zrem(self.QUEUED, job_id)
         pipe.execute()
 
     # claiming: who runs a job
@@ -177,6 +186,7 @@ class JobStore:
             self.release_lease(job_id, owner)
             return False
         self.r.hincrby(self.key("job", job_id), "attempts", 1)
+        self.r.zrem(self.QUEUED, job_id)
         return True
 
     def queued_in_batch(self, batch: str, limit: int) -> list:
@@ -189,6 +199,8 @@ class JobStore:
         batch = self.r.hget(self.key("job", job_id), "batch")
         if batch:
             self.r.rpush(self.key("batch", batch.decode()), job_id)
+        created = self.r.hget(self.key("job", job_id), "created")
+        self.r.zadd(self.QUEUED, {job_id: float(created or time.time())})
         self.r.hincrby(PREFIX + "stats", "jobs_requeued", 1)
         return True
 

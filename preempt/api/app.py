@@ -8,7 +8,8 @@ Routes (one router per resource in :mod:`preempt.api.routes`; OpenAPI at ``/docs
 * ``POST /v1/attack``, ``POST /v1/certify`` (``routes/evaluation.py``): grey-box (and white-box) attack,
   smoothed PREDICT + CERTIFY.
 * ``GET /v1/jobs/{id}``, ``GET /v1/jobs/{id}/result`` (image/png), ``DELETE /v1/jobs/{id}`` (``routes/jobs.py``).
-* ``GET /v1/models``, ``GET /healthz``, ``GET /readyz``, ``GET /metrics``.
+* ``GET /v1/models``, ``GET /healthz``, ``GET /readyz``, ``GET /metrics``; the ``/v1`` routes answer
+  without the prefix too (``POST /robustify``), following the current version.
 
 Every error is JSON ``{"error": CODE, "detail": MESSAGE}`` (:mod:`preempt.api.errors`, one type per
 failure). An upload is checked completely (format, pixel count from the header, full decode) before
@@ -21,6 +22,7 @@ import time
 from typing import Optional
 
 from fastapi import FastAPI, Request
+from fastapi_offline import FastAPIOffline
 
 from preempt.api import errors
 from preempt.api.metrics import Metrics
@@ -33,8 +35,10 @@ from preempt.store import JobStore, redis_client
 
 def create_app(settings: Optional[Settings] = None) -> FastAPI:
     settings = settings or Settings()
-    app = FastAPI(title="Preempt", version="1.0",
-                  description="Preemptive image robustification against man-in-the-middle adversarial attacks.")
+    # FastAPIOffline serves /docs and /redoc with the Swagger UI and ReDoc files of its package, not a CDN.
+    app = FastAPIOffline(title="Preempt", version="1.0",
+                         description="Preemptive image robustification against man-in-the-middle adversarial "
+                                     "attacks. docs/api.md in the repository describes every route.")
     store = JobStore(redis_client(settings.require_url()), settings.result_ttl)
     celery_app = make_celery(settings)
     app.state.settings, app.state.store = settings, store
@@ -43,7 +47,7 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
     # The shipped models do not change while the API runs: read their cards once, not per request.
     app.state.cards = {name: model_card(name) for name in registered_models()}
     errors.install(app)
-    app.include_router(api_router)
+    app.include_router(api_router())
 
     @app.middleware("http")
     async def _observe(request: Request, call_next):

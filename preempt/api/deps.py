@@ -62,9 +62,36 @@ def known_model(name: Optional[str], cards: dict) -> str:
     return name
 
 
+async def one_file_each(request: Request) -> None:
+    """One request protects one image: a second part of the same file field is a 422."""
+    content_type = request.headers.get("content-type", "")
+    if not content_type.startswith("multipart/form-data"):
+        return
+    form = await request.form()
+    for field in ("file", "original"):
+        if len(form.getlist(field)) > 1:
+            raise InvalidParameter(f"{field}: {len(form.getlist(field))} parts sent; send one image per request")
+
+
+def wait_seconds(query_wait: float, prefer: Optional[str]) -> float:
+    """The longer of ``?wait=N`` and RFC 7240's ``Prefer: wait=N``, at most 60 s (a bad header is ignored)."""
+    header = 0.0
+    for token in (prefer or "").replace(";", ",").split(","):
+        name, _, value = token.strip().partition("=")
+        if name.strip().lower() == "wait":
+            try:
+                header = float(value.strip().strip('"'))
+            except ValueError:
+                pass
+    return min(max(query_wait, header if header == header else 0.0, 0.0), 60.0)
+
+
+OneFile = Depends(one_file_each)
+
+
 async def read_image(upload: Optional[UploadFile], settings: Settings, field: str = "file") -> tuple:
     """``(bytes, ImageInfo)`` of an upload that passed every check; the matching error otherwise."""
-    if upload is None:
+    if upload is None or not hasattr(upload, "read"):
         raise InvalidRequest(f"{field}: an image file is required (multipart field {field!r})")
     data = await upload.read()
     if len(data) > settings.max_upload_bytes:

@@ -15,6 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from preempt import imagefile
 from preempt.request import RequestError
+from preempt.schemas import ErrorBody
 
 
 class ApiError(Exception):
@@ -22,6 +23,7 @@ class ApiError(Exception):
 
     status: ClassVar[int] = 400
     code: ClassVar[str] = "bad_request"
+    example: ClassVar[str] = ""
 
     def __init__(self, detail: str, headers: Optional[dict] = None):
         super().__init__(detail)
@@ -32,47 +34,69 @@ class ApiError(Exception):
 
 
 class InvalidParameter(ApiError):
+    """a parameter out of range, unknown, or given in the wrong place"""
     status, code = 422, "invalid_parameter"
+    example = "delta: 5 is out of range for linf; allowed (0, 1]"
 
 
 class InvalidRequest(ApiError):
+    """a malformed request (no file, a broken multipart body)"""
     status, code = 422, "invalid_request"
+    example = "file: an image file is required (multipart field 'file')"
 
 
 class CorruptImage(ApiError):
+    """an empty, truncated or corrupt image"""
     status, code = 400, "bad_image"
+    example = "file: image data is truncated or corrupt (image file is truncated)"
 
 
 class ImageTooLarge(ApiError):
+    """an image with more pixels than PREEMPT_MAX_PIXELS"""
     status, code = 413, "too_many_pixels"
+    example = "file: image has 8000x8000 = 64000000 pixels; the limit is 40000000"
 
 
 class BodyTooLarge(ApiError):
+    """a body larger than PREEMPT_MAX_UPLOAD_BYTES"""
     status, code = 413, "too_large"
+    example = "request body over 27262976 bytes"
 
 
 class UnsupportedImage(ApiError):
+    """not an image, or not PNG, JPEG or WebP"""
     status, code = 415, "unsupported_media_type"
+    example = "file: not an image this service reads (PNG, JPEG or WebP expected)"
 
 
 class JobNotFound(ApiError):
+    """no such job: unknown, deleted or expired"""
     status, code = 404, "not_found"
+    example = "no job '3f2a9c0e4b8d4e6f9a1b2c3d4e5f6a7b' (unknown, deleted or expired)"
 
 
 class NoResult(ApiError):
+    """the job has no image result, or it expired"""
     status, code = 404, "no_result"
+    example = "this job has no image result, or it expired"
 
 
 class NotReady(ApiError):
+    """the job has not succeeded (yet)"""
     status, code = 409, "not_ready"
+    example = "job is running; the result exists once it has succeeded"
 
 
 class QueueUnavailable(ApiError):
+    """the job queue cannot be reached; nothing was kept"""
     status, code = 503, "queue_unavailable"
+    example = "the job queue is unavailable (ConnectionError)"
 
 
 class Internal(ApiError):
+    """a fault of the service"""
     status, code = 500, "internal"
+    example = "internal error; see the API log"
 
 
 # What an upload that is not a usable image is answered with, by the type of the check that refused it.
@@ -82,6 +106,32 @@ IMAGE_ERRORS = {imagefile.UnsupportedImage: UnsupportedImage, imagefile.ImageToo
 
 def image_error(field: str, e: imagefile.ImageError) -> ApiError:
     return IMAGE_ERRORS.get(type(e), CorruptImage)(f"{field}: {e}")
+
+
+def describe(errors: list) -> str:
+    """FastAPI's validation errors as one sentence per field: ``"epsilon: Input should be greater than 0"``."""
+    parts = []
+    for err in errors:
+        field = ".".join(str(p) for p in err["loc"][1:]) or "request"
+        if err["type"] == "extra_forbidden":
+            where = "query parameter" if err["loc"][0] == "query" else "form field"
+            parts.append(f"{field}: unknown {where}" + (" (robustify parameters go in the multipart form)"
+                                                        if err["loc"][0] == "query" else ""))
+        else:
+            parts.append(f"{field}: {err['msg']}")
+    return "; ".join(parts)
+
+
+def documented(*errors: type) -> dict:
+    """The ``responses`` of a route that may answer ``errors``: each status with the real error body."""
+    out: dict = {}
+    for error in errors:
+        entry = out.setdefault(error.status, {"model": ErrorBody, "description": "", "content": {
+            "application/json": {"examples": {}}}})
+        entry["description"] = "; ".join(filter(None, [entry["description"], error.__doc__ or error.code]))
+        entry["content"]["application/json"]["examples"][error.code] = {"value": {"error": error.code,
+                                                                                 "detail": error.example}}
+    return out
 
 
 def install(app: FastAPI) -> None:
@@ -97,8 +147,8 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, e: RequestValidationError):
-        detail = "; ".join(f"{'.'.join(str(p) for p in err['loc'][1:]) or 'request'}: {err['msg']}" for err in e.errors())
-        return InvalidRequest(detail).response()
+        named = all(len(err["loc"]) > 1 for err in e.errors())
+        return (InvalidParameter if named else InvalidRequest)(describe(e.errors())).response()
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, e: StarletteHTTPException):

@@ -2,50 +2,51 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Annotated, Optional
 
-from fastapi import APIRouter, File, Form, Query, UploadFile
+from fastapi import APIRouter, Form, Header, Query
 
-from preempt.api.deps import CardsDep, EnqueueDep, MetricsDep, SettingsDep, StoreDep, known_model, read_image
+from preempt.api.deps import (CardsDep, EnqueueDep, MetricsDep, OneFile, SettingsDep, StoreDep, known_model,
+                              read_image, wait_seconds)
 from preempt.api.errors import InvalidParameter
-from preempt.api.submit import submit
+from preempt.api.forms import AttackForm, CertifyForm, WaitQuery
+from preempt.api.submit import SUBMIT_RESPONSES, submit
 from preempt.request import AttackRequest, CertifyRequest
+from preempt.schemas import JobCreated
 
-router = APIRouter(prefix="/v1", tags=["evaluation"])
+router = APIRouter(tags=["evaluation"])
+Prefer = Annotated[Optional[str], Header(description="RFC 7240: `wait=N` waits like ?wait=N")]
 
 
-@router.post("/attack", status_code=202, summary="Attack an image: grey-box, and white-box given the original")
+@router.post("/attack", status_code=202, response_model=JobCreated, dependencies=[OneFile],
+             summary="Attack an image: grey-box, and white-box given the original", responses=SUBMIT_RESPONSES)
 async def attack(
     store: StoreDep, enqueue: EnqueueDep, settings: SettingsDep, cards: CardsDep, metrics: MetricsDep,
-    file: Optional[UploadFile] = File(None, description="the image to attack (e.g. a robustified one)"),
-    original: Optional[UploadFile] = File(None, description="the original, for the white-box attack"),
-    model: Optional[str] = Form(None), norm: Optional[str] = Form(None), epsilon: Optional[str] = Form(None),
-    attack: Optional[str] = Form(None), label: Optional[str] = Form(None), iterations: Optional[str] = Form(None),
-    wait: float = Query(0.0, ge=0.0, le=60.0),
+    form: Annotated[AttackForm, Form(media_type="multipart/form-data")], query: Annotated[WaitQuery, Query()],
+    prefer: Prefer = None,
 ):
-    name = known_model(model, cards)
-    request = AttackRequest.resolve(cards[name], name, max_iterations=settings.max_iterations, norm=norm,
-                                    epsilon=epsilon, attack=attack, label=label, iterations=iterations,
-                                    whitebox=original is not None)
-    data, image = await read_image(file, settings)
+    name = known_model(form.model, cards)
+    request = AttackRequest.resolve(cards[name], name, max_iterations=settings.max_iterations,
+                                    whitebox=form.original is not None, **form.request_fields())
+    data, image = await read_image(form.file, settings)
     extra = None
-    if original is not None:
-        odata, oimage = await read_image(original, settings, "original")
+    if form.original is not None:
+        odata, oimage = await read_image(form.original, settings, "original")
         if (oimage.width, oimage.height) != (image.width, image.height):
             raise InvalidParameter(f"original: {oimage.width}x{oimage.height} differs from the image's "
                                    f"{image.width}x{image.height}")
         extra = {"original": odata}
-    return await submit(store, enqueue, metrics, request, data, image, extra, wait=wait)
+    return await submit(store, enqueue, metrics, request, data, image, extra, wait=wait_seconds(query.wait, prefer))
 
 
-@router.post("/certify", status_code=202, summary="Smoothed prediction and certified l2 radius")
+@router.post("/certify", status_code=202, response_model=JobCreated, dependencies=[OneFile],
+             summary="Smoothed prediction and certified l2 radius", responses=SUBMIT_RESPONSES)
 async def certify(
     store: StoreDep, enqueue: EnqueueDep, settings: SettingsDep, cards: CardsDep, metrics: MetricsDep,
-    file: Optional[UploadFile] = File(None), model: Optional[str] = Form(None),
-    sigma: Optional[str] = Form(None), n0: Optional[str] = Form(None), n: Optional[str] = Form(None),
-    alpha: Optional[str] = Form(None), wait: float = Query(0.0, ge=0.0, le=60.0),
+    form: Annotated[CertifyForm, Form(media_type="multipart/form-data")], query: Annotated[WaitQuery, Query()],
+    prefer: Prefer = None,
 ):
-    name = known_model(model, cards)
-    request = CertifyRequest.resolve(cards[name], name, sigma=sigma, n0=n0, n=n, alpha=alpha)
-    data, image = await read_image(file, settings)
-    return await submit(store, enqueue, metrics, request, data, image, wait=wait)
+    name = known_model(form.model, cards)
+    request = CertifyRequest.resolve(cards[name], name, **form.request_fields())
+    data, image = await read_image(form.file, settings)
+    return await submit(store, enqueue, metrics, request, data, image, wait=wait_seconds(query.wait, prefer))

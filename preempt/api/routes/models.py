@@ -7,13 +7,14 @@ from fastapi import APIRouter
 from preempt.api.deps import CardsDep
 from preempt.registry import DEFAULT_MODEL
 from preempt.request import PRESETS
+from preempt.schemas import ModelInfo, ModelList
 
-router = APIRouter(prefix="/v1", tags=["models"])
-CARD_FIELDS = ("arch", "dataset", "threat", "input_size", "channels", "class_names", "figures", "method")
+router = APIRouter(tags=["models"])
 
 
-@router.get("/models", summary="The classifiers this service protects against")
+@router.get("/models", response_model=ModelList, summary="The classifiers this service protects against")
 async def list_models(cards: CardsDep):
-    return {"models": [{"name": name, "default": name == DEFAULT_MODEL, **{k: card.get(k) for k in CARD_FIELDS}}
-                       for name, card in cards.items()],
-            "presets": PRESETS}
+    return ModelList(models=[ModelInfo(name=name, default=name == DEFAULT_MODEL,
+                                       **{k: card.get(k) for k in ModelInfo.model_fields if k in card})
+                             for name, card in cards.items()],
+                     presets=PRESETS)
