@@ -500,8 +500,11 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_serve(args) -> int:
     from preempt.serve import serve
 
-    serve(host=args.host, port=args.port, workers=args.workers, device=args.device, data_dir=args.data_dir,
-          log_level=args.log_level)
+    try:
+        serve(host=args.host, port=args.port, workers=args.workers, device=args.device, data_dir=args.data_dir,
+              log_level=args.log_level)
+    except RuntimeError as e:
+        raise UsageError(str(e)) from None
     return 0
 
 

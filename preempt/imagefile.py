@@ -68,6 +68,9 @@ def open_image(data: bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
         raise ImageTooLarge(f"image has {w}x{h} = {w * h} pixels; the limit is {max_pixels}")
     if w < 1 or h < 1:
         raise CorruptImage(f"image has no pixels ({w}x{h})")
+    if getattr(img, "n_frames", 1) > 1:
+        raise UnsupportedImage(f"animated {img.format} images are not protected (each frame would need its own "
+                               "protection); send one frame as a still PNG, JPEG or WebP")
     fmt = img.format
     try:
         img.load()

@@ -29,6 +29,13 @@ class Settings(BaseSettings):
                                                                 "longer than the longest job")
     batch_wait: float = Field(0.5, ge=0, description="seconds a worker waits for compatible jobs to batch")
     max_batch: int = Field(32, ge=1, description="most jobs robustified together")
+    redis_maxmemory: str = Field("1gb", pattern=r"^[0-9]+(b|kb|mb|gb)?$",
+                                 description="memory of the embedded Redis (0: no limit); when it is full, uploads "
+                                             "are refused with 503 and no job is ever evicted")
+    heartbeat_seconds: float = Field(5.0, gt=0, description="how often a worker says it is alive; a silent one "
+                                                             "stops counting as ready after 2 of these")
+    stall_seconds: float = Field(60.0, gt=0, description="a job queued this long while every worker is idle "
+                                                         "means the workers stopped consuming: not ready")
     precision: Literal["fp32", "bf16"] = Field("fp32", description="the classifier's precision while robustifying")
 
     def require_url(self) -> str:

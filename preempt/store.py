@@ -94,6 +94,11 @@ class JobStore:
         pipe.zadd(self.QUEUED, {job_id: now})
         pipe.execute()
 
+    def oldest_queued_age(self) -> float:
+        """Seconds the longest-queued job has waited since it was created (0 when none is queued)."""
+        first = self.r.zrange(self.QUEUED, 0, 0, withscores=True)
+        return max(time.time() - first[0][1], 0.0) if first else 0.0
+
     def queue_position(self, job_id: str) -> Optional[int]:
         """How many queued jobs are ahead of this one (``None`` when it is not queued)."""
         return self.r.zrank(self.QUEUED, job_id)
@@ -230,6 +235,9 @@ class JobStore:
     # workers and metrics
     def beat(self, worker: str, info: dict, ttl: float) -> None:
         self.r.set(f"{PREFIX}worker:{worker}", json.dumps(info), px=int(ttl * 1000))
+
+    def forget_worker(self, worker: str) -> None:
+        self.r.delete(f"{PREFIX}worker:{worker}")
 
     def workers(self) -> dict:
         out = {}

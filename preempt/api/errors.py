@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import ClassVar, Optional
 
+import redis
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -93,6 +95,18 @@ class QueueUnavailable(ApiError):
     example = "the job queue is unavailable (ConnectionError)"
 
 
+class StoreUnavailable(ApiError):
+    """the job store (Redis) cannot be reached; try again after Retry-After seconds"""
+    status, code = 503, "store_unavailable"
+    example = "the job store is unavailable (ConnectionError); try again in 5 s"
+
+
+class StoreFull(ApiError):
+    """the job store is full (PREEMPT_REDIS_MAXMEMORY); try again after Retry-After seconds"""
+    status, code = 503, "store_full"
+    example = "the job store is full; try again in 30 s"
+
+
 class Internal(ApiError):
     """a fault of the service"""
     status, code = 500, "internal"
@@ -141,6 +155,13 @@ def install(app: FastAPI) -> None:
     async def _api_error(request: Request, e: ApiError):
         return e.response()
 
+    @app.exception_handler(redis.RedisError)
+    async def _store_error(request: Request, e: redis.RedisError):
+        if isinstance(e, redis.exceptions.OutOfMemoryError):
+            return StoreFull("the job store is full; try again in 30 s", headers={"Retry-After": "30"}).response()
+        return StoreUnavailable(f"the job store is unavailable ({type(e).__name__}); try again in 5 s",
+                                headers={"Retry-After": "5"}).response()
+
     @app.exception_handler(RequestError)
     async def _request_error(request: Request, e: RequestError):
         return InvalidParameter(str(e)).response()
@@ -156,7 +177,8 @@ def install(app: FastAPI) -> None:
 
 
 class BodyLimit:
-    """ASGI middleware: refuses bodies over ``limit`` bytes (declared or streamed) with a JSON 413."""
+    """ASGI middleware: refuses bodies over ``limit`` bytes with a JSON 413, whether the size is declared
+    (``Content-Length``) or only seen while the body streams in (chunked uploads)."""
 
     def __init__(self, app, limit: int):
         self.app, self.limit = app, limit
@@ -168,18 +190,26 @@ class BodyLimit:
         for k, v in scope.get("headers", []):
             if k == b"content-length" and v.isdigit() and int(v) > self.limit:
                 return await too_big.response()(scope, receive, send)
-        seen = 0
+        seen, answered = 0, False
 
         async def limited():
-            nonlocal seen
+            nonlocal seen, answered
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.limit:
-                    raise too_big
+                if seen > self.limit and not answered:
+                    answered = True
+                    await too_big.response()(scope, receive, send)
+                if answered:  # the app reads no more of it: for the app the client went away
+                    return {"type": "http.disconnect"}
             return message
 
+        async def guarded_send(message):
+            if not answered:
+                await send(message)
+
         try:
-            await self.app(scope, limited, send)
-        except BodyTooLarge as e:
-            await e.response()(scope, receive, send)
+            await self.app(scope, limited, guarded_send)
+        except Exception:  # noqa: BLE001 - what the app raises after the 413 was sent is moot
+            if not answered:
+                raise

@@ -22,7 +22,8 @@ KINDS = {cls: kind for kind, cls in REQUESTS.items()}
 SUBMIT_RESPONSES = {
     200: {"model": Job, "description": "the job ended within the wait asked for (`?wait=N` or `Prefer: wait=N`)"},
     **errors.documented(errors.CorruptImage, errors.BodyTooLarge, errors.ImageTooLarge, errors.UnsupportedImage,
-                        errors.InvalidParameter, errors.InvalidRequest, errors.QueueUnavailable),
+                        errors.InvalidParameter, errors.InvalidRequest, errors.QueueUnavailable,
+                        errors.StoreUnavailable, errors.StoreFull),
 }
 
 

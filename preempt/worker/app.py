@@ -53,20 +53,30 @@ class Heartbeat(threading.Thread):
             self.store.release_lease(j, self.owner)
 
     def run(self) -> None:
-        lease = self.settings.lease_seconds
+        lease, beat = self.settings.lease_seconds, self.settings.heartbeat_seconds
         last_janitor = 0.0
+        waiting_since: Optional[float] = None  # since when messages wait in the queue while this worker idles
         first = True
-        while first or not self.stop.wait(lease / 3):
+        while first or not self.stop.wait(min(lease / 3, beat / 2)):
             first = False
             try:
                 with self.lock:
                     held = list(self.held)
                 for j in held:
                     self.store.renew_lease(j, self.owner, lease)
-                self.store.beat(self.owner, {**self.info, "jobs": held, "time": time.time()}, lease)
+                # A worker that stops beating stops counting as alive within `beat` seconds.
+                self.store.beat(self.owner, {**self.info, "jobs": held, "time": time.time()}, beat)
                 if time.monotonic() - last_janitor >= lease / 2:
                     last_janitor = time.monotonic()
                     janitor(self.store, self.celery_app, self.settings)
+                waiting = not held and self.store.r.llen(self.settings.queue) > 0
+                waiting_since = (waiting_since or time.monotonic()) if waiting else None
+                if waiting_since is not None and time.monotonic() - waiting_since > self.settings.stall_seconds:
+                    # The known failure of a Celery consumer after a broker outage: connected, yet it takes
+                    # nothing. Exit; `preempt serve` (or the container's restart policy) starts a fresh one.
+                    log.error("messages have waited %.0f s while this worker was idle: its consumer is stuck; "
+                              "exiting to be restarted", time.monotonic() - waiting_since)
+                    os._exit(3)
             except Exception:  # noqa: BLE001 - a Redis hiccup must not kill the heartbeat
                 log.exception("heartbeat failed; retrying")
 
@@ -91,7 +101,7 @@ def janitor(store: JobStore, celery_app, settings: Settings) -> int:
 
 def create_worker_app(settings: Settings, device: str, owner: str):
     """The Celery app with the job task bound to this process's store, models and heartbeat."""
-    from preempt.worker.tasks import RUNNERS, ModelCache, run_robustify  # torch is imported here
+    from preempt.worker.tasks import RUNNERS, ModelCache, release_memory, run_robustify  # torch is imported here
 
     app = make_celery(settings)
     store = JobStore(redis_client(settings.require_url()), settings.result_ttl)
@@ -134,6 +144,7 @@ def create_worker_app(settings: Settings, device: str, owner: str):
                 store.end(j, "failed", ["running"], error=f"internal error: {type(e).__name__}: {e}")
         finally:
             beat.drop(claimed)
+            release_memory()
         return "done"
 
     app.preempt_heartbeat = beat
@@ -150,5 +161,12 @@ def run_worker(device: str = "cpu", name: Optional[str] = None, loglevel: str = 
     logging.basicConfig(level=loglevel, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = create_worker_app(settings, device, owner)
     app.preempt_heartbeat.start()
-    app.worker_main(argv=["worker", "--pool=solo", "--concurrency=1", "-Q", settings.queue, "-n", f"{owner}@%h",
-                          f"--loglevel={loglevel}", "--without-gossip", "--without-mingle"])
+    try:
+        app.worker_main(argv=["worker", "--pool=solo", "--concurrency=1", "-Q", settings.queue, "-n", f"{owner}@%h",
+                              f"--loglevel={loglevel}", "--without-gossip", "--without-mingle"])
+    finally:
+        app.preempt_heartbeat.stop.set()
+        try:
+            app.preempt_heartbeat.store.forget_worker(owner)  # no longer counted as alive, at once
+        except Exception:  # noqa: BLE001 - Redis may be what stopped us
+            pass

@@ -15,11 +15,14 @@ report (and for two of them a PNG) back:
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import logging
 import threading
 import time
 from typing import Callable, Dict, List, Optional
 
+import redis
 import torch
 
 from preempt.core.evaluate import attack_fn
@@ -54,6 +57,31 @@ class ModelCache:
             return self._models[name]
 
 
+def release_memory() -> None:
+    """Give the memory of a finished job back: Python's garbage, then the C allocator's free pages (glibc
+    keeps freed blocks of every image size in its arenas, and a worker sees many sizes)."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def persist(write: Callable, *args, patience: float = 120.0, **kwargs):
+    """A job-store write retried through a Redis outage of up to ``patience`` seconds, so that a computed
+    result is not thrown away because Redis restarted (if the job was queued again meanwhile, the write
+    finds it no longer running and the job runs again: it still ends once)."""
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            return write(*args, **kwargs)
+        except redis.RedisError as e:
+            if time.monotonic() > deadline:
+                raise
+            log.warning("job store unavailable (%s); retrying", type(e).__name__)
+            time.sleep(1.0)
+
+
 class ProgressWriter:
     """Writes (iteration, total, loss) of a batch to its jobs at most every ``interval`` seconds,
     and notices cancellations (raising :class:`Cancelled` once every job is cancelled)."""
@@ -68,11 +96,15 @@ class ProgressWriter:
         if now - self._last < self.interval and (iteration < total or (iteration, total) == self._sent):
             return
         self._last, self._sent = now, (iteration, total)
-        live = [j for j in self.job_ids if self.store.status(j) == "running"]
+        try:
+            live = [j for j in self.job_ids if self.store.status(j) == "running"]
+            for j in live:
+                self.store.progress(j, iteration, total, loss)
+        except redis.RedisError as e:  # progress can wait for Redis to come back; the work goes on
+            log.warning("progress not written (%s)", type(e).__name__)
+            return
         if not live:
             raise Cancelled()
-        for j in live:
-            self.store.progress(j, iteration, total, loss)
 
 
 def _decode_upload(store: JobStore, job_id: str, max_pixels: int, name: Optional[str] = None):
@@ -104,8 +136,8 @@ def run_robustify(store: JobStore, models: ModelCache, jobs: List[dict], max_pix
         store.count("robustify_images_total", len(group))
         for (job, _), res in zip(group, results):
             report = {**res.report, "batch_size": len(group), "seconds": round(seconds, 3)}
-            store.progress(job["job_id"], request.iterations, request.iterations, res.report["robust_loss"])
-            store.end(job["job_id"], "succeeded", ["running"], result=res.png, report=report)
+            persist(store.progress, job["job_id"], request.iterations, request.iterations, res.report["robust_loss"])
+            persist(store.end, job["job_id"], "succeeded", ["running"], result=res.png, report=report)
 
 
 def run_attack(store: JobStore, models: ModelCache, job: dict, max_pixels: int) -> None:
@@ -151,7 +183,7 @@ def run_attack(store: JobStore, models: ModelCache, job: dict, max_pixels: int) 
             "reconstruction_distance": float(wb["dist_hat"][0]),
         }
         store.progress(job["job_id"], 2, total, 0.0)
-    store.end(job["job_id"], "succeeded", ["running"], result=png, report=report)
+    persist(store.end, job["job_id"], "succeeded", ["running"], result=png, report=report)
 
 
 def run_certify(store: JobStore, models: ModelCache, job: dict, max_pixels: int) -> None:
@@ -175,7 +207,7 @@ def run_certify(store: JobStore, models: ModelCache, job: dict, max_pixels: int)
         "radius": radius, "abstained": c_a == ABSTAIN,
     }
     store.progress(job["job_id"], 2, 2, 0.0)
-    store.end(job["job_id"], "succeeded", ["running"], report=report)
+    persist(store.end, job["job_id"], "succeeded", ["running"], report=report)
 
 
 RUNNERS: Dict[str, Callable] = {"attack": run_attack, "certify": run_certify}

@@ -77,3 +77,39 @@ def test_docs_pages_load_their_assets_from_this_server(client):
         assert urls and all(u.startswith("/") for u in urls), urls
         for u in urls:
             assert client.get(u).status_code == 200, u
+
+
+def test_an_oversized_chunked_upload_is_413_not_a_parse_error(client):
+    def chunks():  # no Content-Length: the size is only seen while the body streams in
+        for _ in range(40):
+            yield b"x" * 100_000
+
+    r = client.post("/v1/robustify", content=chunks(), headers={"content-type": "multipart/form-data; boundary=b"})
+    assert r.status_code == 413 and r.json()["error"] == "too_large", r.text
+    assert client.get("/healthz").status_code == 200
+
+
+def test_an_animated_png_is_refused_with_415(client):
+    import io
+
+    from PIL import Image
+
+    frames = [Image.new("RGB", (16, 16), c) for c in ("red", "blue")]
+    buf = io.BytesIO()
+    frames[0].save(buf, "PNG", save_all=True, append_images=frames[1:])
+    r = post(client, buf.getvalue())
+    assert r.status_code == 415 and "animated" in r.json()["detail"]
+
+
+def test_an_unreachable_store_is_503_with_retry_after(settings):
+    from fastapi.testclient import TestClient
+
+    from preempt.api.app import create_app
+
+    app = create_app(settings.model_copy(update={"redis_url": "redis://127.0.0.1:1/0"}))
+    with TestClient(app) as c:
+        for r in (post(c, png()), c.get("/v1/jobs/" + "0" * 32)):
+            assert r.status_code == 503 and r.json()["error"] == "store_unavailable", r.text
+            assert int(r.headers["Retry-After"]) > 0
+        ready = c.get("/readyz")
+        assert ready.status_code == 503 and "/" not in ready.json()["detail"]  # no path leaks

@@ -83,3 +83,14 @@ def test_gif_is_unsupported():
     Image.fromarray(np.zeros((4, 4), dtype=np.uint8)).save(buf, format="GIF")
     with pytest.raises(ImageError, match="unsupported"):
         decode(buf.getvalue())
+
+
+def test_the_budget_of_an_unchanged_image_is_valid_json():
+    import json
+
+    from preempt.core.images import budget_used
+
+    x = torch.zeros(1, 8, 8)
+    used = budget_used(x, x)
+    assert used["psnr"] is None and used["linf"] == 0.0
+    json.dumps(used, allow_nan=False)  # Infinity would not be JSON

@@ -25,6 +25,7 @@ def test_compose_shape():
     services = spec["services"]
     redis = services["redis"]
     assert "--appendonly" in redis["command"] and any(v.endswith(":/data") for v in redis["volumes"])
+    assert "noeviction" in redis["command"]  # a full Redis refuses writes, never drops a job
     for name, svc in services.items():
         assert "healthcheck" in svc, f"{name} has no healthcheck"
     assert services["api"]["build"]["dockerfile"] == "docker/api.Dockerfile"

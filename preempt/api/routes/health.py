@@ -6,7 +6,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from preempt.api.deps import MetricsDep, StoreDep
+from preempt.api.deps import MetricsDep, SettingsDep, StoreDep
 from preempt.schemas import Health, Readiness
 
 router = APIRouter(tags=["health"])
@@ -17,18 +17,28 @@ async def healthz():
     return Health()
 
 
-@router.get("/readyz", response_model=Readiness, summary="Redis answers and at least one worker is alive",
-            responses={503: {"model": Readiness, "description": "Redis does not answer, or no worker is alive"}})
-async def readyz(store: StoreDep):
+@router.get("/readyz", response_model=Readiness,
+            summary="Redis answers, a worker is alive, and the workers take the jobs that wait",
+            responses={503: {"model": Readiness, "description": "Redis does not answer, no worker is alive, or jobs "
+                                                                "wait while every worker is idle"}})
+async def readyz(store: StoreDep, settings: SettingsDep):
+    def look():
+        store.r.ping()
+        return store.workers(), store.oldest_queued_age()
+
     try:
-        await run_in_threadpool(store.r.ping)
-        workers = await run_in_threadpool(store.workers)
+        workers, waited = await run_in_threadpool(look)
     except Exception as e:  # noqa: BLE001 - any Redis failure means "not ready"
-        return JSONResponse(Readiness(status="unready", detail=f"redis: {type(e).__name__}").model_dump(),
-                            status_code=503)
+        return _unready(f"redis: {type(e).__name__}")
     if not workers:
-        return JSONResponse(Readiness(status="unready", detail="no worker is alive").model_dump(), status_code=503)
+        return _unready("no worker is alive")
+    if waited > settings.stall_seconds and not any(info.get("jobs") for info in workers.values()):
+        return _unready(f"a job has waited {waited:.0f} s while every worker is idle: the workers are not consuming")
     return Readiness(status="ready", workers=sorted(workers))
+
+
+def _unready(detail: str) -> JSONResponse:
+    return JSONResponse(Readiness(status="unready", detail=detail).model_dump(), status_code=503)
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response,

@@ -15,7 +15,7 @@ from preempt.schemas import Deleted, Job
 from preempt.store import ENDED
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
-NOT_FOUND = errors.documented(errors.JobNotFound, errors.InvalidParameter)
+NOT_FOUND = errors.documented(errors.JobNotFound, errors.InvalidParameter, errors.StoreUnavailable)
 
 
 @router.get("/{job_id}", response_model=Job, summary="Status, progress and report of a job", responses=NOT_FOUND)
@@ -27,7 +27,7 @@ async def read_job(job: JobDep, store: StoreDep):
             responses={200: {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
                              "description": "the protected (or, for an attack, the adversarial) PNG"},
                        **errors.documented(errors.JobNotFound, errors.NoResult, errors.NotReady,
-                                           errors.InvalidParameter)})
+                                           errors.InvalidParameter, errors.StoreUnavailable)})
 async def read_result(job: JobDep, store: StoreDep):
     if job["status"] != "succeeded":
         raise errors.NotReady(f"job is {job['status']}; the result exists once it has succeeded")
