@@ -16,7 +16,7 @@ import pytest
 from preempt.registry import DEFAULT_MODEL
 from PIL import Image, ImageOps
 
-from .conftest import Stack, example_image, photo, png_bytes
+from .conftest import SERVICE_ENV, Stack, example_image, photo, png_bytes
 
 FAST = {"preset": "low", "iterations": 5}
 
@@ -161,9 +161,16 @@ def test_job_survives_worker_sigkill(stack):
     owner = stack.redis.hget(f"preempt:job:{job_id}", "worker").decode()
     pid = json.loads(stack.redis.get(f"preempt:worker:{owner}"))["pid"]
     os.kill(pid, signal.SIGKILL)
+    killed = time.monotonic()
+    while stack.redis.exists(f"preempt:worker:{owner}"):  # dead: not counted as alive after one heartbeat TTL
+        assert time.monotonic() - killed < 2 * float(SERVICE_ENV["PREEMPT_HEARTBEAT_SECONDS"]) + 1
+        time.sleep(0.05)
+    gone = time.monotonic() - killed
     job = stack.wait_job(job_id, timeout=400)
     assert job["status"] == "succeeded", job
     assert job["attempts"] == 2
+    print(f"\nSIGKILL of a worker: not alive after {gone:.1f} s; its job ended {time.monotonic() - killed:.1f} s "
+          "after the kill, on its second attempt")
     assert stack.redis.hget("preempt:stats", "jobs_requeued") is not None
     assert Image.open(io.BytesIO(stack.http.get(job["result_url"]).content)).size == (128, 128)
 
