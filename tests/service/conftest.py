@@ -79,6 +79,11 @@ class Stack:
             time.sleep(0.3)
         raise RuntimeError(f"preempt serve not ready after {timeout} s; see {self.log.name}")
 
+    def log_text(self) -> str:
+        """What `preempt serve` and its workers have logged so far."""
+        self.log.flush()
+        return Path(self.log.name).read_text(errors="replace")
+
     def submit(self, data: bytes, filename: str = "x.png", path: str = "/v1/robustify", files=None, **fields):
         files = files or {"file": (filename, data, "application/octet-stream")}
         return self.http.post(path, files=files, data={k: str(v) for k, v in fields.items()})

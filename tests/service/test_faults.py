@@ -153,8 +153,9 @@ def test_an_outage_of_debian_redis_server_during_a_running_job(tmp_path):
         back = time.monotonic()
         recovered = wait_ready(stack)
         assert_all_end_once(stack, ids)
+        stuck = sum("consumer is stuck" in line for line in stack.log_text().splitlines())
         print(f"\nDebian redis-server down {back - down:.1f} s: ready {recovered:.1f} s after its restart, all "
-              f"{len(ids)} jobs ended {time.monotonic() - back:.1f} s after it")
+              f"{len(ids)} jobs ended {time.monotonic() - back:.1f} s after it; stuck consumers restarted: {stuck}")
     finally:
         stack.close()
         server.terminate()
