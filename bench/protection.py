@@ -88,9 +88,9 @@ def main(argv=None) -> int:
     ap.add_argument("--json", default=None)
     ap.add_argument("--markdown", default=None)
     args = ap.parse_args(argv)
-    variants = [v for v in args.variants.split(",") if v]
-    if set(variants) - set(VARIANTS):
-        ap.error(f"unknown variants {sorted(set(variants) - set(VARIANTS))}; choose from {sorted(VARIANTS)}")
+    names = [v for v in args.variants.split(",") if v]
+    if set(names) - set(VARIANTS):
+        ap.error(f"unknown variants {sorted(set(names) - set(VARIANTS))}; choose from {sorted(VARIANTS)}")
     attacks = [a for a in args.attacks.split(",") if a]
     default_rc = next(name for name, rc in RETRY_CONFIGS.items() if rc == RETRY_CONFIG)
     retry_configs = [c for c in (args.retry_configs or (default_rc if args.retry else "")).split(",") if c]
@@ -108,7 +108,7 @@ def main(argv=None) -> int:
     torch.manual_seed(args.seed)
     rows = [{"variant": "none", **robust_accuracy(model, x, y, threat, attacks, args.batch)}]
     print(rows[-1], flush=True)
-    for v in variants:
+    for v in names:
         torch.manual_seed(args.seed)
         t0 = time.perf_counter()
         outs, losses, passes = [], [], 0.0
