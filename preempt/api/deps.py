@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Callable, Optional
 
-from fastapi import Depends, Request, UploadFile
+from fastapi import Depends, Header, Request, UploadFile
 from starlette.concurrency import run_in_threadpool
 
 from preempt.api.errors import BodyTooLarge, InvalidParameter, InvalidRequest, JobNotFound, image_error
@@ -52,6 +52,23 @@ async def get_job(job_id: str, store: StoreDep) -> dict:
 
 
 JobDep = Annotated[dict, Depends(get_job)]
+
+
+class Submitter:
+    """What a POST route needs to turn a form into a queued job: settings, model cards, store, queue, metrics."""
+
+    def __init__(self, store: StoreDep, enqueue: EnqueueDep, settings: SettingsDep, cards: CardsDep,
+                 metrics: MetricsDep):
+        self.store, self.enqueue, self.settings, self.cards, self.metrics = store, enqueue, settings, cards, metrics
+
+    def card(self, name: Optional[str]) -> tuple:
+        """``(name, card)`` of the model a form names (the default when none), or a 422 naming the choices."""
+        name = known_model(name, self.cards)
+        return name, self.cards[name]
+
+
+SubmitterDep = Annotated[Submitter, Depends()]
+Prefer = Annotated[Optional[str], Header(description="RFC 7240: `wait=N` waits like ?wait=N")]
 
 
 def known_model(name: Optional[str], cards: dict) -> str:

@@ -6,17 +6,19 @@ import asyncio
 import json
 import time
 from dataclasses import asdict
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Optional
 
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from preempt.api import errors
-from preempt.api.metrics import Metrics
 from preempt.imagefile import ImageInfo
 from preempt.request import REQUESTS
 from preempt.schemas import Job, Progress, Timings, utc
 from preempt.store import ENDED, JobStore, new_job_id
+
+if TYPE_CHECKING:
+    from preempt.api.deps import Submitter
 
 KINDS = {cls: kind for kind, cls in REQUESTS.items()}
 SUBMIT_RESPONSES = {
@@ -27,10 +29,11 @@ SUBMIT_RESPONSES = {
 }
 
 
-async def submit(store: JobStore, enqueue: Callable[[str], None], metrics: Metrics, request, data: bytes,
-                 image: ImageInfo, extra: Optional[dict] = None, batch: str = "", wait: float = 0.0) -> JSONResponse:
+async def submit(via: "Submitter", request, data: bytes, image: ImageInfo, extra: Optional[dict] = None,
+                 batch: str = "", wait: float = 0.0) -> JSONResponse:
     """Store the job and send it to the workers; ``202`` with its URLs, or ``200`` with the job if it ends
     within ``wait`` seconds."""
+    store, enqueue, metrics = via.store, via.enqueue, via.metrics
     kind, job_id = KINDS[type(request)], new_job_id()
 
     def create():
