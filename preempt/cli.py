@@ -508,6 +508,44 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def cmd_keys(args) -> int:
+    from preempt.keys import KeyStore
+    from preempt.settings import Settings
+    from preempt.store import redis_client
+
+    url = Settings().redis_url
+    if not url:
+        folder = Path(args.data_dir or Path.home() / ".local/share/preempt")
+        try:
+            url = (folder / "redis-url").read_text().strip()
+        except OSError:
+            raise UsageError(f"no Redis to reach: set PREEMPT_REDIS_URL, or start preempt serve with the data "
+                             f"directory {folder}") from None
+    if args.action != "list" and not args.name:
+        raise UsageError(f"preempt keys {args.action} needs the key's NAME")
+    keys = KeyStore(redis_client(url))
+    try:
+        if args.action == "create":
+            key, caller = keys.create(args.name, rate=args.rate, max_queued=args.max_queued, admin=args.admin)
+            if args.json:
+                print(json.dumps({"name": caller.name, "key": key, "webhook_secret": caller.webhook_secret}))
+            else:
+                print(f"{key}\n(the key of {caller.name!r}; it is shown once: store it now)", file=sys.stdout)
+        elif args.action == "revoke":
+            if not keys.revoke(args.name):
+                raise UsageError(f"no key named {args.name!r}")
+            print(f"revoked {args.name}")
+        else:
+            for c in keys.list():
+                print(f"{c.name}\trate {c.rate or '-'}/min\tmax queued {c.max_queued or '-'}"
+                      + ("\tadmin" if c.admin else ""))
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    except Exception as e:  # noqa: BLE001 - redis.RedisError: say which server could not be reached
+        raise UsageError(f"{url}: {type(e).__name__}: {e}") from None
+    return 0
+
+
 def cmd_worker(args) -> int:
     from preempt.worker.app import run_worker
 
@@ -526,6 +564,18 @@ def _add_service(sub) -> None:
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
                    help="(default %(default)s)")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("keys", help="API keys of the service: create, list, revoke (reads PREEMPT_REDIS_URL)")
+    p.add_argument("action", choices=["create", "list", "revoke"], help="what to do")
+    p.add_argument("name", nargs="?", default=None, help="the key's name (create, revoke)")
+    p.add_argument("--rate", type=_non_negative_int, default=0, help="requests per minute (0: no limit; default)")
+    p.add_argument("--max-queued", type=_non_negative_int, default=0,
+                   help="queued and running jobs at once (0: no limit; default)")
+    p.add_argument("--admin", action="store_true", help="may read /metrics")
+    p.add_argument("--json", action="store_true", help="print {name, key, webhook_secret} as JSON (create)")
+    p.add_argument("--data-dir", default=None,
+                   help="the data directory of preempt serve's embedded Redis (default ~/.local/share/preempt)")
+    p.set_defaults(func=cmd_keys)
 
     p = sub.add_parser("worker", help="one queue worker on one device (reads PREEMPT_REDIS_URL)")
     p.add_argument("--device", default="cpu", help="cpu or cuda:N (sets CUDA_VISIBLE_DEVICES=N)")

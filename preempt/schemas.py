@@ -85,6 +85,13 @@ class Job(BaseModel):
         return self.status in ENDED
 
 
+class JobList(BaseModel):
+    """The caller's jobs, newest first; ``next_cursor`` fetches the next page (``None``: the last)."""
+
+    jobs: List[Job]
+    next_cursor: Optional[str] = None
+
+
 class Deleted(BaseModel):
     job_id: str
     deleted: Literal[True] = True

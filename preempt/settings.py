@@ -36,6 +36,9 @@ class Settings(BaseSettings):
                                                              "stops counting as ready after 2 of these")
     stall_seconds: float = Field(60.0, gt=0, description="a job queued this long while every worker is idle "
                                                          "means the workers stopped consuming: not ready")
+    auth: Literal["auto", "required", "off"] = Field(
+        "auto", description="required: every route but /healthz, /readyz and the docs needs an API key; auto: "
+                            "required when `preempt serve` listens beyond loopback, off otherwise")
     precision: Literal["fp32", "bf16"] = Field("fp32", description="the classifier's precision while robustifying")
 
     def require_url(self) -> str:

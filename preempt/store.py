@@ -20,6 +20,7 @@ winner and an ended job never comes back to life.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 import uuid
@@ -72,7 +73,8 @@ class JobStore:
 
     # creation and reading
     def create(self, job_id: str, kind: str, request: str, upload: Optional[bytes] = None,
-               extra_uploads: Optional[dict] = None, batch: str = "", image: Optional[dict] = None) -> None:
+               extra_uploads: Optional[dict] = None, batch: str = "", image: Optional[dict] = None,
+               owner: str = "") -> None:
         """A queued job of ``kind`` for ``request`` (its JSON); ``batch`` is the key of the jobs it may be
         robustified together with (:meth:`preempt.request.RobustifyRequest.batch_key`)."""
         now = time.time()
@@ -80,8 +82,10 @@ class JobStore:
         pipe.hset(self.key("job", job_id), mapping={
             "job_id": job_id, "kind": kind, "status": "queued", "request": request,
             "image": json.dumps(image or {}), "created": repr(now), "attempts": 0, "iteration": 0, "total": 0,
-            "batch": batch,
+            "batch": batch, "owner": owner,
         })
+        pipe.zadd(f"{PREFIX}owner:{owner}", {job_id: now})
+        pipe.sadd(f"{PREFIX}owner-active:{owner}", job_id)
         if batch:
             pipe.rpush(self.key("batch", batch), job_id)
         if upload is not None:
@@ -93,6 +97,26 @@ class JobStore:
         pipe.sadd(self.ACTIVE, job_id)
         pipe.zadd(self.QUEUED, {job_id: now})
         pipe.execute()
+
+    def active_of(self, owner: str) -> int:
+        """Queued and running jobs of ``owner``."""
+        return self.r.scard(f"{PREFIX}owner-active:{owner}")
+
+    def jobs_of(self, owner: str, offset: int, limit: int) -> list:
+        """Ids of ``owner``'s jobs, newest first, from ``offset`` (expired ones are dropped from the index)."""
+        ids = [m.decode() for m in self.r.zrevrange(f"{PREFIX}owner:{owner}", offset, offset + limit - 1)]
+        gone = [i for i in ids if not self.r.exists(self.key("job", i))]
+        if gone:
+            self.r.zrem(f"{PREFIX}owner:{owner}", *gone)
+        return [i for i in ids if i not in gone]
+
+    def claim_idempotency(self, owner: str, key: str, job_id: str, fingerprint: str, ttl: int = 86400):
+        """Record ``key`` for ``job_id``; ``None`` if new, else ``(first job id, its fingerprint)``."""
+        name = f"{PREFIX}idempotency:{owner}:{hashlib.sha256(key.encode()).hexdigest()}"
+        if self.r.set(name, json.dumps([job_id, fingerprint]), nx=True, ex=ttl):
+            return None
+        first = self.r.get(name)
+        return tuple(json.loads(first)) if first else None
 
     def oldest_queued_age(self) -> float:
         """Seconds the longest-queued job has waited since it was created (0 when none is queued)."""
@@ -156,6 +180,8 @@ class JobStore:
         pipe.delete(self.key("lease", job_id))
         pipe.srem(self.ACTIVE, job_id)
         pipe.zrem(self.QUEUED, job_id)
+        owner = self.r.hget(self.key("job", job_id), "owner")
+        pipe.srem(f"{PREFIX}owner-active:{(owner or b'').decode()}", job_id)
         batch = self.r.hget(self.key("job", job_id), "batch")
         if batch:
             pipe.lrem(self.key("batch", batch.decode()), 0, job_id)
@@ -171,7 +197,10 @@ class JobStore:
         pipe.delete(self.key("upload", job_id), *(self.key("upload", job_id) + f":{n}" for n in names))
 
     def delete(self, job_id: str) -> None:
+        owner = (self.r.hget(self.key("job", job_id), "owner") or b"").decode()
         pipe = self.r.pipeline(transaction=True)
+        pipe.zrem(f"{PREFIX}owner:{owner}", job_id)
+        pipe.srem(f"{PREFIX}owner-active:{owner}", job_id)
         self._forget_upload(pipe, job_id)
         pipe.delete(self.key("job", job_id), self.key("result", job_id), self.key("lease", job_id))
         pipe.srem(self.ACTIVE, job_id)

@@ -26,6 +26,8 @@ from fastapi_offline import FastAPIOffline
 
 from preempt.api import errors
 from preempt.api.metrics import Metrics
+from preempt.api.ratelimit import RateLimiter
+from preempt.keys import KeyStore
 from preempt.api.routes import api_router
 from preempt.queue import enqueue, make_celery
 from preempt.registry import model_card, registered_models
@@ -44,6 +46,8 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
     app.state.settings, app.state.store = settings, store
     app.state.enqueue = lambda job_id: enqueue(celery_app, job_id, settings.queue)
     app.state.metrics = metrics = Metrics(store)
+    app.state.keys = KeyStore(store.r)
+    app.state.ratelimiter = RateLimiter(settings.require_url())
     # The shipped models do not change while the API runs: read their cards once, not per request.
     app.state.cards = {name: model_card(name) for name in registered_models()}
     errors.install(app)

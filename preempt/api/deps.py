@@ -7,9 +7,11 @@ from typing import Annotated, Callable, Optional
 from fastapi import Depends, Header, Request, UploadFile
 from starlette.concurrency import run_in_threadpool
 
-from preempt.api.errors import BodyTooLarge, InvalidParameter, InvalidRequest, JobNotFound, image_error
+from preempt.api.errors import (BodyTooLarge, Forbidden, InvalidParameter, InvalidRequest, JobNotFound,
+                                RateLimited, Unauthorized, image_error)
 from preempt.api.metrics import Metrics
 from preempt.imagefile import ImageError, ImageInfo, inspect_image
+from preempt.keys import ANONYMOUS, Caller
 from preempt.registry import DEFAULT_MODEL
 from preempt.settings import Settings
 from preempt.store import JobStore
@@ -37,16 +39,45 @@ def get_metrics(request: Request) -> Metrics:
     return request.app.state.metrics
 
 
+def get_caller(request: Request) -> Caller:
+    """The API key's caller; with auth off, :data:`ANONYMOUS`. 401 without a known key, 403 for a revoked one."""
+    settings: Settings = request.app.state.settings
+    if settings.auth != "required":
+        return ANONYMOUS
+    scheme, _, key = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not key.strip():
+        raise Unauthorized("an API key is required: send Authorization: Bearer KEY")
+    caller = request.app.state.keys.lookup(key.strip())
+    if caller is None:
+        raise Unauthorized("unknown API key")
+    if caller.revoked:
+        raise Forbidden("this API key was revoked")
+    try:
+        request.app.state.ratelimiter.check(caller)
+    except RateLimited:
+        request.app.state.metrics.refused(caller.name, "rate")
+        raise
+    return caller
+
+
+def require_admin(request: Request) -> None:
+    """``/metrics`` with auth on: an admin key only."""
+    if request.app.state.settings.auth == "required" and not get_caller(request).admin:
+        raise Forbidden("this route needs an admin key (preempt keys create NAME --admin)")
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+CallerDep = Annotated[Caller, Depends(get_caller)]
 StoreDep = Annotated[JobStore, Depends(get_store)]
 EnqueueDep = Annotated[Callable[[str], None], Depends(get_enqueue)]
 CardsDep = Annotated[dict, Depends(get_cards)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 
 
-async def get_job(job_id: str, store: StoreDep) -> dict:
+async def get_job(job_id: str, store: StoreDep, caller: CallerDep) -> dict:
+    """The caller's job; another key's job is 404 too (no oracle of which ids exist)."""
     job = await run_in_threadpool(store.get, job_id) if job_id.isalnum() and len(job_id) <= 64 else None
-    if job is None:
+    if job is None or job.get("owner", "") != caller.name:
         raise JobNotFound(f"no job {job_id!r} (unknown, deleted or expired)")
     return job
 
@@ -58,8 +89,12 @@ class Submitter:
     """What a POST route needs to turn a form into a queued job: settings, model cards, store, queue, metrics."""
 
     def __init__(self, store: StoreDep, enqueue: EnqueueDep, settings: SettingsDep, cards: CardsDep,
-                 metrics: MetricsDep):
+                 metrics: MetricsDep, caller: CallerDep,
+                 idempotency_key: Annotated[Optional[str], Header(
+                     max_length=200, description="the same key from the same API key within 24 h returns the "
+                                                 "first job; with another request it is a 409")] = None):
         self.store, self.enqueue, self.settings, self.cards, self.metrics = store, enqueue, settings, cards, metrics
+        self.caller, self.idempotency_key = caller, idempotency_key
 
     def card(self, name: Optional[str]) -> tuple:
         """``(name, card)`` of the model a form names (the default when none), or a 422 naming the choices."""

@@ -89,6 +89,30 @@ class NotReady(ApiError):
     example = "job is running; the result exists once it has succeeded"
 
 
+class Unauthorized(ApiError):
+    """no API key, or an unknown one (Authorization: Bearer KEY)"""
+    status, code = 401, "unauthorized"
+    example = "an API key is required: send Authorization: Bearer KEY"
+
+
+class Forbidden(ApiError):
+    """a revoked API key, or a route for admin keys"""
+    status, code = 403, "forbidden"
+    example = "this API key was revoked"
+
+
+class RateLimited(ApiError):
+    """more requests than the key's rate, or more queued and running jobs than its cap (see Retry-After)"""
+    status, code = 429, "rate_limited"
+    example = "more than 60 requests per minute for key 'acme'; retry in 12 s"
+
+
+class IdempotencyConflict(ApiError):
+    """the Idempotency-Key was used before with another request"""
+    status, code = 409, "idempotency_conflict"
+    example = "Idempotency-Key 'upload-42' was used with a different request"
+
+
 class QueueUnavailable(ApiError):
     """the job queue cannot be reached; nothing was kept"""
     status, code = 503, "queue_unavailable"

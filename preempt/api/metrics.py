@@ -46,7 +46,9 @@ class Metrics:
         self.latency = Histogram("preempt_http_request_seconds", "HTTP request latency", ["method", "route"],
                                  registry=self.registry,
                                  buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
-        self.jobs = Counter("preempt_jobs_submitted", "Jobs accepted", ["kind"], registry=self.registry)
+        self.jobs = Counter("preempt_jobs_submitted", "Jobs accepted", ["kind", "key"], registry=self.registry)
+        self.limited = Counter("preempt_requests_limited", "Requests answered 429, by API key and limit",
+                               ["key", "limit"], registry=self.registry)
         self.registry.register(_StoreCollector(store))
 
     def observe(self, request, status: int, seconds: float) -> None:
@@ -55,8 +57,11 @@ class Metrics:
         self.requests.labels(request.method, path, str(status)).inc()
         self.latency.labels(request.method, path).observe(seconds)
 
-    def submitted(self, kind: str) -> None:
-        self.jobs.labels(kind).inc()
+    def submitted(self, kind: str, key: str = "") -> None:
+        self.jobs.labels(kind, key).inc()
+
+    def refused(self, key: str, limit: str) -> None:
+        self.limited.labels(key, limit).inc()
 
     def render(self):
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import time
 from dataclasses import asdict
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Optional, Union
 
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
@@ -14,7 +15,7 @@ from starlette.concurrency import run_in_threadpool
 from preempt.api import errors
 from preempt.imagefile import ImageInfo
 from preempt.request import REQUESTS
-from preempt.schemas import Job, Progress, Timings, utc
+from preempt.schemas import Job, JobCreated, Progress, Timings, utc
 from preempt.store import ENDED, JobStore, new_job_id
 
 if TYPE_CHECKING:
@@ -22,9 +23,12 @@ if TYPE_CHECKING:
 
 KINDS = {cls: kind for kind, cls in REQUESTS.items()}
 SUBMIT_RESPONSES = {
-    200: {"model": Job, "description": "the job ended within the wait asked for (`?wait=N` or `Prefer: wait=N`)"},
-    **errors.documented(errors.CorruptImage, errors.BodyTooLarge, errors.ImageTooLarge, errors.UnsupportedImage,
-                        errors.InvalidParameter, errors.InvalidRequest, errors.QueueUnavailable,
+    200: {"model": Union[Job, JobCreated], "description": "the job ended within the wait asked for (`?wait=N` or "
+                                                         "`Prefer: wait=N`): the job; or an Idempotency-Key "
+                                                         "replay: the first job's URLs"},
+    **errors.documented(errors.CorruptImage, errors.Unauthorized, errors.Forbidden, errors.IdempotencyConflict,
+                        errors.BodyTooLarge, errors.ImageTooLarge, errors.UnsupportedImage,
+                        errors.InvalidParameter, errors.InvalidRequest, errors.RateLimited, errors.QueueUnavailable,
                         errors.StoreUnavailable, errors.StoreFull),
 }
 
@@ -33,22 +37,39 @@ async def submit(via: "Submitter", request, data: bytes, image: ImageInfo, extra
                  batch: str = "", wait: float = 0.0) -> JSONResponse:
     """Store the job and send it to the workers; ``202`` with its URLs, or ``200`` with the job if it ends
     within ``wait`` seconds."""
-    store, enqueue, metrics = via.store, via.enqueue, via.metrics
+    store, enqueue, metrics, owner = via.store, via.enqueue, via.metrics, via.caller.name
     kind, job_id = KINDS[type(request)], new_job_id()
+    fingerprint = hashlib.sha256(request.to_json().encode() + hashlib.sha256(data).digest()
+                                 + b"".join(hashlib.sha256(v).digest() for v in (extra or {}).values())).hexdigest()
 
     def create():
-        store.create(job_id, kind, request.to_json(), data, extra, batch, image=asdict(image))
+        if via.idempotency_key is not None:
+            first = store.claim_idempotency(owner, via.idempotency_key, job_id, fingerprint)
+            if first is not None:
+                if first[1] != fingerprint:
+                    raise errors.IdempotencyConflict(f"Idempotency-Key {via.idempotency_key!r} was used with a "
+                                                     "different request")
+                return first[0]
+        if via.caller.max_queued and store.active_of(owner) >= via.caller.max_queued:
+            metrics.refused(owner, "max_queued")
+            raise errors.RateLimited(f"key {owner!r} has {via.caller.max_queued} jobs queued or running, its cap; "
+                                     "retry when one ends", headers={"Retry-After": "5"})
+        store.create(job_id, kind, request.to_json(), data, extra, batch, image=asdict(image), owner=owner)
         try:
             enqueue(job_id)
         except Exception as e:  # noqa: BLE001 - the broker is down: the job must not stay queued for nobody
             store.end(job_id, "failed", error=f"could not enqueue: {e}")
             raise errors.QueueUnavailable(f"the job queue is unavailable ({type(e).__name__})") from e
+        return None
 
-    await run_in_threadpool(create)
-    metrics.submitted(kind)
+    replayed = await run_in_threadpool(create)
+    job_id = replayed or job_id
     body = {"job_id": job_id, "status_url": f"/v1/jobs/{job_id}",
             "result_url": f"/v1/jobs/{job_id}/result" if kind != "certify" else None}
     headers = {"Location": body["status_url"]}
+    if replayed:
+        return JSONResponse(body, status_code=200, headers={**headers, "Idempotent-Replayed": "true"})
+    metrics.submitted(kind, owner)
     if wait > 0:
         headers["Preference-Applied"] = f"wait={wait:g}"
         deadline = time.monotonic() + wait

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from preempt.api.deps import MetricsDep, SettingsDep, StoreDep
+from preempt.api import errors
+from preempt.api.deps import MetricsDep, SettingsDep, StoreDep, require_admin
 from preempt.schemas import Health, Readiness
 
 router = APIRouter(tags=["health"])
@@ -41,9 +42,11 @@ def _unready(detail: str) -> JSONResponse:
     return JSONResponse(Readiness(status="unready", detail=detail).model_dump(), status_code=503)
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response,
+@router.get("/metrics", summary="Prometheus metrics (an admin key when auth is on)", response_class=Response,
+            dependencies=[Depends(require_admin)],
             responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}},
-                             "description": "the Prometheus text format"}})
+                             "description": "the Prometheus text format"},
+                       **errors.documented(errors.Unauthorized, errors.Forbidden)})
 async def prometheus(metrics: MetricsDep):
     body, content_type = await run_in_threadpool(metrics.render)
     return Response(body, media_type=content_type)
