@@ -63,6 +63,21 @@ class Timeout(Exception):
         self.job = job
 
 
+def verify_signature(secret: str, body: bytes, header: str, tolerance: float = 300.0) -> bool:
+    """Whether a webhook's ``Preempt-Signature`` header signs ``body`` with ``secret`` (the key's
+    ``webhook_secret``), made at most ``tolerance`` seconds ago (a replay of an old delivery fails)."""
+    import hashlib
+    import hmac
+
+    try:
+        fields = dict(part.split("=", 1) for part in header.split(","))
+        t = int(fields["t"])
+    except (ValueError, KeyError):
+        return False
+    expected = hmac.new(secret.encode(), f"{t}.".encode() + body, hashlib.sha256).hexdigest()
+    return abs(time.time() - t) <= tolerance and hmac.compare_digest(expected, fields.get("v1", ""))
+
+
 def _raise_for(response: httpx.Response) -> None:
     if response.status_code < 400:
         return

@@ -65,6 +65,12 @@ class KeyStore:
         return Caller(name=d["name"], rate=int(d["rate"]), max_queued=int(d["max_queued"]), admin=d["admin"] == "1",
                       webhook_secret=d["webhook_secret"], revoked=d["revoked"] == "1")
 
+    def secret_of(self, name: str) -> str:
+        """The webhook secret of the key named ``name`` ("" if there is none)."""
+        hashed = self.r.get(NAMES + name) if name else None
+        secret = self.r.hget(PREFIX + hashed.decode(), "webhook_secret") if hashed else None
+        return secret.decode() if secret else ""
+
     def revoke(self, name: str) -> bool:
         hashed = self.r.get(NAMES + name)
         if hashed is None:

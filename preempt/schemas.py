@@ -6,6 +6,8 @@ documents in its OpenAPI schema. Timestamps are ISO-8601 (UTC); durations are se
 
 from __future__ import annotations
 
+import json
+import time
 from datetime import datetime, timezone
 from typing import Any, Dict, List, Literal, Optional
 
@@ -80,9 +82,28 @@ class Job(BaseModel):
     params: Dict[str, Any] = Field(description="the request as resolved, every default filled in")
     report: Optional[Dict[str, Any]] = None
 
+    webhook: Optional[Dict[str, Any]] = Field(None, description="deliveries to callback_url: attempts, "
+                                                                 "last_status, delivered")
+
     @property
     def ended(self) -> bool:
         return self.status in ENDED
+
+    @classmethod
+    def from_record(cls, job: dict, queue_position: Optional[int] = None) -> "Job":
+        """The public view of a job record of the job store (``JobStore.get``)."""
+        started, finished, created = job.get("started"), job.get("finished"), job["created"]
+        now = time.time()
+        return cls(
+            job_id=job["job_id"], kind=job["kind"], status=job["status"], queue_position=queue_position,
+            progress=Progress(iteration=job["iteration"], total=job["total"], loss=job.get("loss")),
+            error=job.get("error"),
+            result_url=f"/v1/jobs/{job['job_id']}/result" if job["kind"] != "certify" else None,
+            timings=Timings(created=utc(created), started=utc(started), finished=utc(finished),
+                            queued_seconds=round(max((started or finished or now) - created, 0.0), 3),
+                            run_seconds=round(max((finished or now) - started, 0.0), 3) if started else None),
+            attempts=job["attempts"], params=json.loads(job["request"]), report=job.get("report"),
+            webhook=job.get("webhook"))
 
 
 class JobList(BaseModel):

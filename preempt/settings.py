@@ -39,6 +39,11 @@ class Settings(BaseSettings):
     auth: Literal["auto", "required", "off"] = Field(
         "auto", description="required: every route but /healthz, /readyz and the docs needs an API key; auto: "
                             "required when `preempt serve` listens beyond loopback, off otherwise")
+    webhook_allow: str = Field("", description="comma-separated hosts, addresses or networks in private ranges "
+                                                "that callback URLs may point at (e.g. 127.0.0.1 for tests)")
+    webhook_retry_seconds: float = Field(300.0, ge=0, description="how long a webhook delivery is retried")
+    webhook_secret: str = Field("", description="the signing secret of webhooks of jobs without an API key "
+                                                "(auth off); empty: unsigned")
     precision: Literal["fp32", "bf16"] = Field("fp32", description="the classifier's precision while robustifying")
 
     def require_url(self) -> str:

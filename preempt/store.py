@@ -74,7 +74,7 @@ class JobStore:
     # creation and reading
     def create(self, job_id: str, kind: str, request: str, upload: Optional[bytes] = None,
                extra_uploads: Optional[dict] = None, batch: str = "", image: Optional[dict] = None,
-               owner: str = "") -> None:
+               owner: str = "", callback_url: str = "") -> None:
         """A queued job of ``kind`` for ``request`` (its JSON); ``batch`` is the key of the jobs it may be
         robustified together with (:meth:`preempt.request.RobustifyRequest.batch_key`)."""
         now = time.time()
@@ -82,7 +82,7 @@ class JobStore:
         pipe.hset(self.key("job", job_id), mapping={
             "job_id": job_id, "kind": kind, "status": "queued", "request": request,
             "image": json.dumps(image or {}), "created": repr(now), "attempts": 0, "iteration": 0, "total": 0,
-            "batch": batch, "owner": owner,
+            "batch": batch, "owner": owner, "callback_url": callback_url,
         })
         pipe.zadd(f"{PREFIX}owner:{owner}", {job_id: now})
         pipe.sadd(f"{PREFIX}owner-active:{owner}", job_id)
@@ -132,7 +132,7 @@ class JobStore:
         if not raw:
             return None
         job = {k.decode(): v.decode() for k, v in raw.items()}
-        for k in ("image", "report"):
+        for k in ("image", "report", "webhook"):
             if k in job:
                 job[k] = json.loads(job[k])
         for k in ("created", "started", "finished", "loss", "heartbeat"):

@@ -13,9 +13,12 @@ from preempt.request import MAX_BUDGET, MAX_ITERATIONS, Norm, Preset
 class _Form(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+    callback_url: Optional[str] = Field(None, max_length=2000,
+                                        description="POSTed the job record, signed, when the job ends")
+
     def request_fields(self) -> dict:
-        """The fields a request is resolved from (the uploads and the model name apart)."""
-        return self.model_dump(exclude={"file", "original", "model"})
+        """The fields a request is resolved from (the uploads, the model name and the callback apart)."""
+        return self.model_dump(exclude={"file", "original", "model", "callback_url"})
 
 
 class RobustifyForm(_Form):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import time
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Optional, Union
@@ -15,8 +14,9 @@ from starlette.concurrency import run_in_threadpool
 from preempt.api import errors
 from preempt.imagefile import ImageInfo
 from preempt.request import REQUESTS
-from preempt.schemas import Job, JobCreated, Progress, Timings, utc
+from preempt.schemas import Job, JobCreated
 from preempt.store import ENDED, JobStore, new_job_id
+from preempt.webhooks import WebhookRefused, check_url
 
 if TYPE_CHECKING:
     from preempt.api.deps import Submitter
@@ -34,12 +34,18 @@ SUBMIT_RESPONSES = {
 
 
 async def submit(via: "Submitter", request, data: bytes, image: ImageInfo, extra: Optional[dict] = None,
-                 batch: str = "", wait: float = 0.0) -> JSONResponse:
+                 batch: str = "", wait: float = 0.0, callback_url: Optional[str] = None) -> JSONResponse:
     """Store the job and send it to the workers; ``202`` with its URLs, or ``200`` with the job if it ends
     within ``wait`` seconds."""
     store, enqueue, metrics, owner = via.store, via.enqueue, via.metrics, via.caller.name
     kind, job_id = KINDS[type(request)], new_job_id()
-    fingerprint = hashlib.sha256(request.to_json().encode() + hashlib.sha256(data).digest()
+    if callback_url:
+        try:
+            check_url(callback_url, via.settings.webhook_allow.split(","))
+        except WebhookRefused as e:
+            raise errors.InvalidParameter(str(e)) from None
+    fingerprint = hashlib.sha256(request.to_json().encode() + (callback_url or "").encode()
+                                 + hashlib.sha256(data).digest()
                                  + b"".join(hashlib.sha256(v).digest() for v in (extra or {}).values())).hexdigest()
 
     def create():
@@ -54,7 +60,8 @@ async def submit(via: "Submitter", request, data: bytes, image: ImageInfo, extra
             metrics.refused(owner, "max_queued")
             raise errors.RateLimited(f"key {owner!r} has {via.caller.max_queued} jobs queued or running, its cap; "
                                      "retry when one ends", headers={"Retry-After": "5"})
-        store.create(job_id, kind, request.to_json(), data, extra, batch, image=asdict(image), owner=owner)
+        store.create(job_id, kind, request.to_json(), data, extra, batch, image=asdict(image), owner=owner,
+                     callback_url=callback_url or "")
         try:
             enqueue(job_id)
         except Exception as e:  # noqa: BLE001 - the broker is down: the job must not stay queued for nobody
@@ -84,15 +91,4 @@ async def submit(via: "Submitter", request, data: bytes, image: ImageInfo, extra
 
 def job_view(job: dict, store: JobStore) -> Job:
     """The public JSON of a job (its queue position read from ``store`` while it is queued)."""
-    started, finished, created = job.get("started"), job.get("finished"), job["created"]
-    now = time.time()
-    return Job(
-        job_id=job["job_id"], kind=job["kind"], status=job["status"],
-        queue_position=store.queue_position(job["job_id"]) if job["status"] == "queued" else None,
-        progress=Progress(iteration=job["iteration"], total=job["total"], loss=job.get("loss")),
-        error=job.get("error"),
-        result_url=f"/v1/jobs/{job['job_id']}/result" if job["kind"] != "certify" else None,
-        timings=Timings(created=utc(created), started=utc(started), finished=utc(finished),
-                        queued_seconds=round(max((started or finished or now) - created, 0.0), 3),
-                        run_seconds=round(max((finished or now) - started, 0.0), 3) if started else None),
-        attempts=job["attempts"], params=json.loads(job["request"]), report=job.get("report"))
+    return Job.from_record(job, store.queue_position(job["job_id"]) if job["status"] == "queued" else None)

@@ -27,7 +27,9 @@ from typing import List, Optional, Set
 
 from preempt.queue import TASK_NAME, enqueue, make_celery
 from preempt.settings import Settings
+from preempt.keys import KeyStore
 from preempt.store import ENDED, JobStore, redis_client
+from preempt.webhooks import deliver_later
 
 log = logging.getLogger("preempt.worker")
 
@@ -92,11 +94,25 @@ def janitor(store: JobStore, celery_app, settings: Settings) -> int:
             store.end(job_id, "failed", ["running"],
                       error=f"worker lost {job['attempts']} times while running this job; giving up")
             log.warning("job %s failed after %d lost runs", job_id, job["attempts"])
+            notify(store, settings, [job_id])
         elif store.requeue(job_id):
             enqueue(celery_app, job_id, settings.queue)
             requeued += 1
             log.warning("job %s lost its worker %s; queued again", job_id, job.get("worker"))
     return requeued
+
+
+def notify(store: JobStore, settings: Settings, job_ids: List[str]) -> None:
+    """Deliver the webhook of each ended job that asked for one (in the background)."""
+    keys = KeyStore(store.r)
+    for job_id in job_ids:
+        try:
+            job = store.get(job_id)
+            if job and job.get("callback_url") and job["status"] in ENDED:
+                secret = keys.secret_of(job.get("owner", "")) or settings.webhook_secret
+                deliver_later(store, job_id, secret, settings.webhook_retry_seconds)
+        except Exception:  # noqa: BLE001 - a webhook never takes the worker down
+            log.exception("webhook of job %s not started", job_id)
 
 
 def create_worker_app(settings: Settings, device: str, owner: str):
@@ -145,6 +161,7 @@ def create_worker_app(settings: Settings, device: str, owner: str):
         finally:
             beat.drop(claimed)
             release_memory()
+        notify(store, settings, claimed)
         return "done"
 
     app.preempt_heartbeat = beat

@@ -48,11 +48,11 @@ def free_port() -> int:
 class Stack:
     """A running `preempt serve`: its base URL, its Redis and its process."""
 
-    def __init__(self, tmp: Path, redis_url: str | None = None):
+    def __init__(self, tmp: Path, redis_url: str | None = None, env: dict | None = None):
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.data_dir = tmp / "data"
-        env = {**os.environ, **SERVICE_ENV}
+        env = {**os.environ, **SERVICE_ENV, **(env or {})}
         env.pop("PREEMPT_REDIS_URL", None)
         if redis_url:
             env["PREEMPT_REDIS_URL"] = redis_url

@@ -31,7 +31,8 @@ async def attack(via: SubmitterDep, form: Annotated[AttackForm, Form(media_type=
             raise InvalidParameter(f"original: {oimage.width}x{oimage.height} differs from the image's "
                                    f"{image.width}x{image.height}")
         extra = {"original": odata}
-    return await submit(via, request, data, image, extra, wait=wait_seconds(query.wait, prefer))
+    return await submit(via, request, data, image, extra, wait=wait_seconds(query.wait, prefer),
+                        callback_url=form.callback_url)
 
 
 @router.post("/certify", status_code=202, response_model=JobCreated, dependencies=[OneFile],
@@ -41,4 +42,5 @@ async def certify(via: SubmitterDep, form: Annotated[CertifyForm, Form(media_typ
     name, card = via.card(form.model)
     request = CertifyRequest.resolve(card, name, **form.request_fields())
     data, image = await read_image(form.file, via.settings)
-    return await submit(via, request, data, image, wait=wait_seconds(query.wait, prefer))
+    return await submit(via, request, data, image, wait=wait_seconds(query.wait, prefer),
+                        callback_url=form.callback_url)

@@ -23,4 +23,4 @@ async def robustify(via: SubmitterDep, form: Annotated[RobustifyForm, Form(media
     request = RobustifyRequest.resolve(card, name, max_iterations=via.settings.max_iterations, **form.request_fields())
     data, image = await read_image(form.file, via.settings)
     return await submit(via, request, data, image, batch=request.batch_key(image.shape),
-                        wait=wait_seconds(query.wait, prefer))
+                        wait=wait_seconds(query.wait, prefer), callback_url=form.callback_url)

@@ -1,0 +1,84 @@
+"""Many platforms on the real stack (`preempt serve`, embedded Redis and Debian's redis-server): keys
+required, each job readable only by its key, and webhooks delivered signed, retried after a 500."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+import pytest
+import redis
+
+from preempt.client import verify_signature
+from preempt.keys import KeyStore
+from tests.service.conftest import Stack, png_bytes, photo
+
+AUTH = {"PREEMPT_AUTH": "required", "PREEMPT_WEBHOOK_ALLOW": "127.0.0.1", "PREEMPT_WEBHOOK_RETRY_SECONDS": "60"}
+CHEAP = {"preset": "low", "iterations": "2", "verify": "false"}
+
+
+class Receiver(BaseHTTPRequestHandler):
+    """A loopback webhook receiver: answers 500 to the first delivery, 200 after; keeps what it got."""
+
+    got: list = []
+
+    def do_POST(self):  # noqa: N802 - http.server's name
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        Receiver.got.append((self.headers.get("Preempt-Signature", ""), body))
+        self.send_response(500 if len(Receiver.got) == 1 else 200)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def receiver():
+    Receiver.got = []
+    server = HTTPServer(("127.0.0.1", 0), Receiver)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}/hook"
+    server.shutdown()
+
+
+@pytest.mark.parametrize("backend", ["embedded", "debian"])
+def test_keys_isolate_jobs_and_webhooks_arrive_signed_after_a_retry(tmp_path, receiver, backend, request):
+    url = request.getfixturevalue("system_redis_url") if backend == "debian" else None
+    stack = Stack(tmp_path, redis_url=url, env=AUTH)
+    try:
+        keys = KeyStore(redis.Redis.from_url(url) if url else stack.redis)
+        key_a, a = keys.create(f"a-{backend}")
+        key_b, _ = keys.create(f"b-{backend}")
+        head_a, head_b = ({"Authorization": f"Bearer {k}"} for k in (key_a, key_b))
+        assert stack.submit(png_bytes(photo(24, 24))).status_code == 401
+        r = stack.http.post("/v1/robustify", headers=head_a, data={**CHEAP, "callback_url": receiver},
+                            files={"file": ("x.png", png_bytes(photo(24, 24, seed=2)))})
+        assert r.status_code == 202, r.text
+        job_id = r.json()["job_id"]
+        reads = [stack.http.get(f"/v1/jobs/{job_id}", headers=head_b).status_code,
+                 stack.http.get(f"/v1/jobs/{job_id}/result", headers=head_b).status_code,
+                 stack.http.delete(f"/v1/jobs/{job_id}", headers=head_b).status_code]
+        assert reads == [404, 404, 404]
+        stack.http.headers.update(head_a)
+        job = stack.wait_job(job_id)
+        assert job["status"] == "succeeded", job
+        for _ in range(100):
+            if len(Receiver.got) >= 2:
+                break
+            time.sleep(0.1)
+        assert len(Receiver.got) == 2  # a 500, then a retry that was taken
+        header, body = Receiver.got[-1]
+        assert verify_signature(a.webhook_secret, body, header)
+        assert not verify_signature(a.webhook_secret, body + b" ", header)
+        assert json.loads(body)["job_id"] == job_id and json.loads(body)["status"] == "succeeded"
+        record = stack.http.get(f"/v1/jobs/{job_id}").json()["webhook"]
+        assert record == {"attempts": 2, "last_status": 200, "delivered": True}
+        assert key_a not in (tmp_path / "serve.log").read_text()
+        refused = stack.http.post("/v1/robustify", data={**CHEAP, "callback_url": "http://10.0.0.1/x"},
+                                  files={"file": ("x.png", png_bytes(photo(24, 24)))})
+        assert refused.status_code == 422 and "private" in refused.json()["detail"]
+    finally:
+        stack.close()
