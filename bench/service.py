@@ -39,6 +39,7 @@ import numpy as np
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
+HEADERS: dict = {}  # the API key's header with --auth
 
 
 def _free_port() -> int:
@@ -80,6 +81,7 @@ def main(argv=None) -> int:
     ap.add_argument("--load-uploads", type=int, default=200)
     ap.add_argument("--load-clients", type=int, default=50)
     ap.add_argument("--parts", default="1,2,3,4", help="which measurements to run (comma list of 1-4)")
+    ap.add_argument("--auth", action="store_true", help="run the service with PREEMPT_AUTH=required and one API key")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     parts = {int(p) for p in args.parts.split(",") if p}
@@ -87,12 +89,14 @@ def main(argv=None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="preempt-bench-"))
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if k != "PREEMPT_REDIS_URL"}
+    if args.auth:
+        env["PREEMPT_AUTH"] = "required"
     log = open(tmp / "serve.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "preempt.cli", "serve", "--port", str(port), "--data-dir",
                              str(tmp / "data"), "--log-level", "warning"], env=env, stdout=log,
                             stderr=subprocess.STDOUT, start_new_session=True)
     http = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=600)
-    out = {"machine": f"{os.cpu_count()} CPUs", "photo_size": args.photo_size}
+    out = {"machine": f"{os.cpu_count()} CPUs", "photo_size": args.photo_size, "auth": args.auth}
     try:
         for _ in range(600):
             try:
@@ -101,6 +105,15 @@ def main(argv=None) -> int:
             except httpx.TransportError:
                 pass
             time.sleep(0.2)
+        if args.auth:
+            import redis
+
+            from preempt.keys import KeyStore
+
+            url = (tmp / "data" / "redis-url").read_text().strip()
+            key, _ = KeyStore(redis.Redis.from_url(url)).create("bench")
+            HEADERS["Authorization"] = f"Bearer {key}"
+            http.headers.update(HEADERS)
         # warm the worker (model load) so the first figure is not the start-up
         _wait(http, http.post("/v1/robustify", files={"file": ("w.png", _example(0))},
                               data={"preset": "low", "iterations": "2"}).json()["job_id"])
@@ -144,7 +157,7 @@ def _post_latency(http, port, data, args, out) -> None:
     def post(i):
         t = time.perf_counter()
         r = httpx.post(f"http://127.0.0.1:{port}/v1/robustify", files={"file": ("p.jpg", data)},
-                       data={"preset": "low"}, timeout=120)
+                       data={"preset": "low"}, timeout=120, headers=HEADERS)
         return time.perf_counter() - t, r.status_code, r.json().get("job_id")
 
     with ThreadPoolExecutor(args.concurrent) as pool:
@@ -174,7 +187,8 @@ def _throughput(http, port, args, out) -> None:
     with ThreadPoolExecutor(n) as pool:
         ids = list(pool.map(lambda i: httpx.post(f"http://127.0.0.1:{port}/v1/robustify",
                                                  files={"file": ("x.png", _example(i))},
-                                                 data={"preset": "low"}, timeout=120).json()["job_id"], range(n)))
+                                                 data={"preset": "low"}, timeout=120,
+                                                 headers=HEADERS).json()["job_id"], range(n)))
     jobs = [_wait(http, j) for j in ids]
     concurrent = n / (time.perf_counter() - t)
     out["throughput_jobs_per_s"] = {"one_at_a_time": round(serial, 3), "all_at_once": round(concurrent, 3),
@@ -190,7 +204,7 @@ def _load(http, port, args, out) -> None:
         t = time.perf_counter()
         try:
             r = httpx.post(f"http://127.0.0.1:{port}/v1/robustify", files={"file": ("x.png", _example(i))},
-                           data={"preset": "low", "iterations": "2", "verify": "false"}, timeout=120)
+                           data={"preset": "low", "iterations": "2", "verify": "false"}, timeout=120, headers=HEADERS)
             return time.perf_counter() - t, r.status_code, (r.json().get("job_id") if r.status_code == 202 else None)
         except httpx.HTTPError as e:
             return time.perf_counter() - t, type(e).__name__, None
