@@ -82,3 +82,32 @@ def test_keys_isolate_jobs_and_webhooks_arrive_signed_after_a_retry(tmp_path, re
         assert refused.status_code == 422 and "private" in refused.json()["detail"]
     finally:
         stack.close()
+
+
+def test_a_batch_of_several_keys_jobs_gives_each_result_to_its_owner_only(tmp_path):
+    stack = Stack(tmp_path, env={**AUTH, "PREEMPT_BATCH_WAIT": "1.5"})
+    try:
+        keys = KeyStore(stack.redis)
+        heads = [{"Authorization": f"Bearer {keys.create(name)[0]}"} for name in ("p1", "p2", "p3")]
+        image = png_bytes(photo(26, 26, seed=4))
+        # a long job first keeps the worker busy while the same-settings jobs of three keys queue up together
+        blocker = stack.http.post("/v1/robustify", headers=heads[0], files={"file": ("b.png", png_bytes(photo(64, 64)))},
+                                  data={"iterations": "40", "verify": "false"}).json()["job_id"]
+        owned = [(h, stack.http.post("/v1/robustify", headers=h, files={"file": (f"{i}.png", image)},
+                                     data=CHEAP).json()["job_id"]) for i, h in enumerate(heads * 2)]
+        stack.http.headers.update(heads[0])
+        stack.wait_job(blocker)
+        sizes = []
+        for head, job_id in owned:
+            stack.http.headers.update(head)
+            job = stack.wait_job(job_id)
+            assert job["status"] == "succeeded", job
+            sizes.append(job["report"]["batch_size"])
+            assert stack.http.get(job["result_url"]).content[:4] == b"\x89PNG"
+            for other in heads:
+                if other is not head:
+                    assert stack.http.get(f"/v1/jobs/{job_id}/result", headers=other).status_code == 404
+                    assert stack.http.get(f"/v1/jobs/{job_id}", headers=other).status_code == 404
+        assert max(sizes) >= 3, sizes  # jobs of different keys ran in one batch
+    finally:
+        stack.close()
