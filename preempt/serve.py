@@ -179,17 +179,19 @@ def serve(host: str = "127.0.0.1", port: int = 8000, workers: Optional[int] = No
     from preempt.settings import Settings
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if Settings().auth == "auto":  # keys are required as soon as anything beyond this machine can call
+    settings = Settings()
+    lock = None
+    if not settings.redis_url:  # first of all: a second serve on this data directory stops here, in one line
+        folder = Path(data_dir or Path.home() / ".local/share/preempt")
+        lock = DataDirLock(folder)
+    if settings.auth == "auto":  # keys are required as soon as anything beyond this machine can call
         os.environ["PREEMPT_AUTH"] = "off" if host in ("127.0.0.1", "localhost", "::1") else "required"
         log.info("API keys %s (PREEMPT_AUTH=%s)", "not required" if os.environ["PREEMPT_AUTH"] == "off"
                  else "required", os.environ["PREEMPT_AUTH"])
-    settings = Settings()
+        settings = Settings()
     env = dict(os.environ)
     children: List[Child] = []
-    lock = None
-    if not settings.redis_url:
-        folder = Path(data_dir or Path.home() / ".local/share/preempt")
-        lock = DataDirLock(folder)
+    if lock is not None:
         redis_child = EmbeddedRedis(folder, settings.redis_maxmemory)
         redis_child.start()
         children.append(redis_child)
