@@ -80,6 +80,23 @@ def test_keys_isolate_jobs_and_webhooks_arrive_signed_after_a_retry(tmp_path, re
         refused = stack.http.post("/v1/robustify", data={**CHEAP, "callback_url": "http://10.0.0.1/x"},
                                   files={"file": ("x.png", png_bytes(photo(24, 24)))})
         assert refused.status_code == 422 and "private" in refused.json()["detail"]
+        # a replayed POST with the same Idempotency-Key is the same job
+        again = [stack.http.post("/v1/robustify", headers={"Idempotency-Key": "same"}, data=CHEAP,
+                                 files={"file": ("x.png", png_bytes(photo(24, 24, seed=5)))}) for _ in range(2)]
+        assert [r.status_code for r in again] == [202, 200] and again[0].json() == again[1].json()
+        # a key over its rate: 429 with Retry-After
+        key_c, _ = keys.create(f"c-{backend}", rate=2)
+        codes = [stack.http.get("/v1/models", headers={"Authorization": f"Bearer {key_c}"}) for _ in range(3)]
+        assert [r.status_code for r in codes] == [200, 200, 429] and int(codes[-1].headers["Retry-After"]) >= 1
+        # revoked: refused at once
+        keys.revoke(f"b-{backend}")
+        assert stack.http.get("/v1/models", headers=head_b).status_code == 403
+        # no key in clear in Redis's dump
+        server = redis.Redis.from_url(url) if url else stack.redis
+        server.save()
+        folder, name = server.config_get("dir")["dir"], server.config_get("dbfilename")["dbfilename"]
+        dump = open(f"{folder}/{name}", "rb").read()
+        assert all(k.encode() not in dump for k in (key_a, key_b, key_c))
     finally:
         stack.close()
 
