@@ -38,17 +38,17 @@ async def submit(via: "Submitter", request, data: bytes, image: ImageInfo, extra
     """Store the job and send it to the workers; ``202`` with its URLs, or ``200`` with the job if it ends
     within ``wait`` seconds."""
     store, enqueue, metrics, owner = via.store, via.enqueue, via.metrics, via.caller.name
-    kind, job_id = KINDS[type(request)], new_job_id()
-    if callback_url:
-        try:
-            check_url(callback_url, via.settings.webhook_allow.split(","))
-        except WebhookRefused as e:
-            raise errors.InvalidParameter(str(e)) from None
-    fingerprint = hashlib.sha256(request.to_json().encode() + (callback_url or "").encode()
+    kind, job_id, request_json = KINDS[type(request)], new_job_id(), request.to_json()
+    fingerprint = hashlib.sha256(request_json.encode() + (callback_url or "").encode()
                                  + hashlib.sha256(data).digest()
                                  + b"".join(hashlib.sha256(v).digest() for v in (extra or {}).values())).hexdigest()
 
     def create():
+        if callback_url:  # resolves the host: here in the thread pool, not on the event loop
+            try:
+                check_url(callback_url, via.settings.webhook_allow.split(","))
+            except WebhookRefused as e:
+                raise errors.InvalidParameter(str(e)) from None
         if via.idempotency_key is not None:
             first = store.claim_idempotency(owner, via.idempotency_key, job_id, fingerprint)
             if first is not None:
@@ -60,7 +60,7 @@ async def submit(via: "Submitter", request, data: bytes, image: ImageInfo, extra
             metrics.refused(owner, "max_queued")
             raise errors.RateLimited(f"key {owner!r} has {via.caller.max_queued} jobs queued or running, its cap; "
                                      "retry when one ends", headers={"Retry-After": "5"})
-        store.create(job_id, kind, request.to_json(), data, extra, batch, image=asdict(image), owner=owner,
+        store.create(job_id, kind, request_json, data, extra, batch, image=asdict(image), owner=owner,
                      callback_url=callback_url or "")
         try:
             enqueue(job_id)
