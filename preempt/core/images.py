@@ -16,6 +16,7 @@ from typing import Optional
 import numpy as np
 import torch
 from PIL import Image
+from pytorch_msssim import ssim as _ssim
 
 from preempt.imagefile import FORMATS, MAX_PIXELS, ImageError, open_image  # noqa: F401 - re-exported
 from .threat import flat_norm
@@ -106,10 +107,22 @@ def encode_png(pixels: torch.Tensor, alpha: Optional[np.ndarray] = None) -> byte
     return buf.getvalue()
 
 
+def ssim(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Structural similarity (Wang et al. 2004: Gaussian window 11, sigma 1.5, K = 0.01, 0.03) of two images
+    ``[C, H, W]`` in [0, 1], averaged over channels, by pytorch-msssim. Images under 11 pixels on a side use the
+    largest odd window that fits."""
+    side = min(a.shape[-2:])
+    win = min(11, side if side % 2 else side - 1)
+    if win < 1:
+        return 1.0 if torch.equal(a, b) else 0.0
+    return float(_ssim(a[None].double(), b[None].double(), data_range=1.0, win_size=win))
+
+
 def budget_used(x_rob: torch.Tensor, x_orig: torch.Tensor) -> dict:
-    """``{"linf", "l2", "psnr"}`` of a single image pair ``[C, H, W]`` in [0, 1]; ``psnr`` is ``None`` for an
-    unchanged image (infinite, which JSON cannot hold)."""
+    """``{"linf", "l2", "psnr", "ssim"}`` of a single image pair ``[C, H, W]`` in [0, 1]; ``psnr`` is ``None``
+    for an unchanged image (infinite, which JSON cannot hold)."""
     d = (x_rob - x_orig)[None]
     mse = float(d.pow(2).mean())
     psnr = None if mse == 0 else float(10 * np.log10(1.0 / mse))
-    return {"linf": float(flat_norm(d, "linf")[0]), "l2": float(flat_norm(d, "l2")[0]), "psnr": psnr}
+    return {"linf": float(flat_norm(d, "linf")[0]), "l2": float(flat_norm(d, "l2")[0]), "psnr": psnr,
+            "ssim": round(ssim(x_rob, x_orig), 6)}

@@ -1,4 +1,5 @@
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,6 +10,8 @@ from PIL import Image
 
 from preempt.core.images import ImageError, decode, encode_png, quantize_within_budget
 from preempt.core.threat import flat_norm
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("norm", ["linf", "l2"])
@@ -94,3 +97,15 @@ def test_the_budget_of_an_unchanged_image_is_valid_json():
     used = budget_used(x, x)
     assert used["psnr"] is None and used["linf"] == 0.0
     json.dumps(used, allow_nan=False)  # Infinity would not be JSON
+
+
+def test_ssim_is_one_for_the_same_image_and_falls_as_the_change_grows():
+    from preempt.core.images import budget_used
+
+    x = decode(sorted((ROOT / "examples" / "fashion-mnist").glob("*.png"))[0].read_bytes()).pixels
+    g = torch.Generator().manual_seed(0)
+    noise = torch.randn(x.shape, generator=g).sign()
+    values = [budget_used((x + s * noise).clamp(0, 1), x)["ssim"] for s in (0.0, 0.02, 0.05, 0.1)]
+    assert values[0] == 1.0
+    assert all(a > b for a, b in zip(values, values[1:])), values
+    assert 0 < values[-1] < 0.99
