@@ -8,6 +8,7 @@ Routes (one router per resource in :mod:`preempt.api.routes`; OpenAPI at ``/docs
 * ``POST /v1/attack``, ``POST /v1/certify`` (``routes/evaluation.py``): grey-box (and white-box) attack,
   smoothed PREDICT + CERTIFY.
 * ``GET /v1/jobs/{id}``, ``GET /v1/jobs/{id}/result`` (image/png), ``DELETE /v1/jobs/{id}`` (``routes/jobs.py``).
+* ``GET /``: the web page (``preempt/web``: upload, watch, compare, attack), its files under ``/ui``.
 * ``GET /v1/models``, ``GET /healthz``, ``GET /readyz``, ``GET /metrics``; the ``/v1`` routes answer
   without the prefix too (``POST /robustify``), following the current version.
 
@@ -28,7 +29,7 @@ from preempt.api import errors
 from preempt.api.metrics import Metrics
 from preempt.api.ratelimit import RateLimiter
 from preempt.keys import KeyStore
-from preempt.api.routes import api_router
+from preempt.api.routes import api_router, page
 from preempt.queue import enqueue, make_celery
 from preempt.registry import model_card, registered_models
 from preempt.settings import Settings
@@ -52,6 +53,7 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
     app.state.cards = {name: model_card(name) for name in registered_models()}
     errors.install(app)
     app.include_router(api_router())
+    page.mount(app)
 
     @app.middleware("http")
     async def _observe(request: Request, call_next):

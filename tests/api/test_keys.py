@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import re
 import uuid
 
 import pytest
@@ -131,3 +132,19 @@ def test_the_keys_command_creates_lists_and_revokes(redis_url):
     again = keys("create", name)
     assert again.returncode == 2 and "exists" in again.stderr
     assert keys("revoke", name).returncode == 0 and name not in keys("list").stdout
+
+
+def test_the_web_page_opens_without_a_key_and_loads_nothing_from_elsewhere(keyed):
+    page = keyed.get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    csp = page.headers["content-security-policy"]
+    assert "default-src 'none'" in csp and "connect-src 'self'" in csp and "script-src 'self'" in csp
+    assert keyed.head("/").status_code == 200
+    for asset, kind in (("/ui/app.js", "javascript"), ("/ui/style.css", "text/css")):
+        r = keyed.get(asset)
+        assert r.status_code == 200 and kind in r.headers["content-type"], asset
+        assert r.headers["content-security-policy"] == csp
+    # every script, style sheet and link on the page is on this server
+    assert not re.findall(r'(?:src|href)="(?:https?:)?//', page.text)
+    assert keyed.get("/ui/../settings.py").status_code == 404
+    assert keyed.get("/v1/models").status_code == 401  # the API behind it still needs the key
