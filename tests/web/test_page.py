@@ -9,6 +9,7 @@ but the server. Screenshots of the main states go to PREEMPT_SCREENSHOTS (docs/s
 
 from __future__ import annotations
 
+import base64
 import re
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -50,6 +51,19 @@ def live(tmp_path_factory):
 
 def card(page, name: str):
     return page.locator(f'.job[data-file="{name}"]').first
+
+
+def drop(page, path: Path) -> None:
+    """Drops a file on the page's drop zone, as a drag from the desktop does (a DataTransfer holding the file)."""
+    page.evaluate("""([name, b64]) => {
+      const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+      const dt = new DataTransfer();
+      dt.items.add(new File([bytes], name, {type: 'image/png'}));
+      const zone = document.querySelector('#drop');
+      for (const type of ['dragover', 'drop']) {
+        zone.dispatchEvent(new DragEvent(type, {dataTransfer: dt, bubbles: true, cancelable: true}));
+      }
+    }""", [path.name, base64.b64encode(path.read_bytes()).decode()])
 
 
 def contrast(page, selector: str) -> float:
@@ -212,7 +226,8 @@ def test_a_person_protects_compares_downloads_and_attacks_in_a_real_browser(live
     phone.set_viewport_size({"width": 390, "height": 844})
     phone.reload()
     expect(phone.locator("#model option")).not_to_have_count(0)  # the key is still in this tab's session
-    phone.locator("#files").set_input_files(str(EXAMPLES / "01-pullover.png"))
+    drop(phone, EXAMPLES / "01-pullover.png")  # dragged onto the drop zone this time
+    expect(phone.locator("#staged li")).to_have_text(re.compile("01-pullover.png"))
     phone.locator("#protect").click()
     expect(phone.locator(".job").first).to_have_attribute("data-state", "done", timeout=JOB_SECONDS)
     assert phone.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
