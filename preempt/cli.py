@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 import time
@@ -494,6 +495,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_certify)
 
     _add_service(sub)
+    _add_models(sub)
     return parser
 
 
@@ -553,6 +555,108 @@ def cmd_worker(args) -> int:
     return 0
 
 
+def cmd_models(args) -> int:
+    from preempt import modeladd
+    from preempt.registry import added_models, model_card, registered_models, shipped_models
+
+    if args.data_dir:
+        os.environ["PREEMPT_DATA_DIR"] = args.data_dir
+    if args.action in ("show", "remove"):
+        args.name = args.name or args.path
+    if args.action in ("add", "show", "remove") and not args.name:
+        raise UsageError(f"preempt models {args.action} needs --name NAME" if args.action == "add"
+                         else f"preempt models {args.action} needs the model's NAME")
+    try:
+        if args.action == "add":
+            if not args.path:
+                raise UsageError("preempt models add needs the model file: preempt models add PATH --name NAME")
+            names = modeladd.read_class_names(Path(args.class_names)) if args.class_names else None
+            card = modeladd.add_model(
+                Path(args.path), args.name, input_size=args.input_size, channels=args.channels, mean=args.mean,
+                std=args.std, class_names=names, num_classes=args.num_classes, arch=args.arch, norm=args.norm,
+                epsilon=args.epsilon, delta=args.delta, description=args.description, force=args.force,
+                say=lambda line: print(line, flush=True))
+            print(f"added {args.name}: {card['format']}, input {card['channels']}x{card['input_size'][0]}x"
+                  f"{card['input_size'][1]}, {card['num_classes']} classes, in {modeladd.user_models_dir()}")
+            if "threat" not in card:
+                print("note: no --epsilon: requests for this model default to linf epsilon = delta = 0.1 (25/255), "
+                      "Fashion-MNIST's; the paper uses 4/255 for ImageNet photos (docs/models.md)")
+        elif args.action == "remove":
+            modeladd.remove_model(args.name)
+            print(f"removed {args.name}")
+        elif args.action == "show":
+            if args.name not in registered_models():
+                raise UsageError(f"no model {args.name!r}; preempt models list shows them")
+            print(json.dumps(model_card(args.name), indent=2, sort_keys=True))
+        else:
+            shipped, added = shipped_models(), added_models()
+            rows = []
+            for name in registered_models():
+                card = model_card(name)
+                threat = card.get("threat") or {}
+                cost = ((card.get("cost") or {}).get("seconds_per_image_at_defaults") or {}).get("robust_from_start")
+                rows.append({"name": name, "source": "shipped" if name in shipped else "added",
+                             "format": card.get("format", "state_dict"),
+                             "input": f"{card.get('channels', '?')}x" + "x".join(map(str, card.get("input_size") or ["?"])),
+                             "classes": card.get("num_classes") or len(card.get("class_names") or []) or None,
+                             "threat": f"{threat['norm']} {threat['epsilon']:g}" if threat else "-",
+                             "seconds_per_image": cost})
+            if args.json:
+                print(json.dumps(rows, indent=2))
+            else:
+                for r in rows:
+                    print(f"{r['name']:28} {r['source']:8} {r['format']:12} {r['input']:12} {r['classes'] or '?':>5} "
+                          f"classes  {r['threat']:12}" + (f"  ~{r['seconds_per_image']:g} s/image (CPU)"
+                                                           if r["seconds_per_image"] else ""))
+                if not added:
+                    print(f"(no added models in {modeladd.user_models_dir()}; preempt models add PATH --name NAME)")
+    except modeladd.ModelRejected as e:
+        for line in e.lines:
+            print(f"preempt: {line}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _add_models(sub) -> None:
+    p = sub.add_parser("models", help="the classifiers to protect against: add your own (ONNX, TorchScript, "
+                                      "torch.export, state_dict), list, show, remove",
+                       description="preempt models add PATH --name NAME checks a classifier (it loads, runs a batch "
+                                   "of the declared shape, returns logits of the declared class count, has a finite "
+                                   "non-zero input gradient, is deterministic, and for ONNX agrees with onnxruntime), "
+                                   "measures one pass, and registers it in the data directory, where the service "
+                                   "finds it. docs/models.md has a worked example.")
+    p.add_argument("action", choices=["add", "list", "show", "remove"], help="what to do")
+    p.add_argument("path", nargs="?", default=None, help="add: the model file (.onnx, .pt2, TorchScript .pt, "
+                                                         "state_dict .pt with --arch); show/remove: the NAME")
+    p.add_argument("--name", default=None, help="the model's name in requests (add)")
+    p.add_argument("--input-size", type=_positive_int, nargs=2, metavar=("H", "W"), default=None,
+                   help="the input the network takes (read from an ONNX file that fixes it)")
+    p.add_argument("--channels", type=int, choices=[1, 3], default=None,
+                   help="1 (grey) or 3 (RGB) (read from an ONNX file that fixes it)")
+    p.add_argument("--mean", type=float, nargs="+", default=None,
+                   help="per-channel mean subtracted from pixels in [0, 1] before the network (ImageNet: "
+                        "0.485 0.456 0.406); leave out if the network normalises itself")
+    p.add_argument("--std", type=float, nargs="+", default=None,
+                   help="per-channel std the pixels are divided by (ImageNet: 0.229 0.224 0.225)")
+    p.add_argument("--class-names", default=None, help="a file of class names: one per line, or a JSON list")
+    p.add_argument("--num-classes", type=_positive_int, default=None,
+                   help="the class count, without --class-names (default: what the model returns)")
+    p.add_argument("--arch", default=None, help="the architecture of a state_dict (small-cnn, preact-resnet18, "
+                                                "wrn-34-10, resnet50)")
+    p.add_argument("--norm", choices=["linf", "l2"], default=None, help="the threat's norm (default linf)")
+    p.add_argument("--epsilon", type=_positive_float, default=None,
+                   help="the adversary's default budget for this model, in pixels in [0, 1] (4/255 = 0.0157)")
+    p.add_argument("--delta", type=_positive_float, default=None,
+                   help="how far protection may move an image by default (default: epsilon)")
+    p.add_argument("--description", default=None, help="what the model is for, shown to people (web page)")
+    p.add_argument("--force", action="store_true", help="replace an added model of the same name")
+    p.add_argument("--json", action="store_true", help="list: JSON")
+    p.add_argument("--data-dir", default=None,
+                   help="the data directory whose models/ folder holds added models (default PREEMPT_DATA_DIR or "
+                        "~/.local/share/preempt; PREEMPT_MODELS_DIR names the folder itself)")
+    p.set_defaults(func=cmd_models)
+
+
 def _add_service(sub) -> None:
     p = sub.add_parser("serve", help="the HTTP service: API, workers and (without PREEMPT_REDIS_URL) an embedded Redis")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s)")
@@ -560,7 +664,7 @@ def _add_service(sub) -> None:
     p.add_argument("--workers", type=_positive_int, default=None,
                    help="worker processes (default: one per GPU, or one on the CPU)")
     p.add_argument("--device", default=None, help="device of every worker (default: one GPU each, else cpu)")
-    p.add_argument("--data-dir", default=None, help="embedded Redis data (default ~/.local/share/preempt)")
+    p.add_argument("--data-dir", default=None, help="the embedded Redis data and the added models (models/) (default PREEMPT_DATA_DIR or ~/.local/share/preempt)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
                    help="(default %(default)s)")
     p.set_defaults(func=cmd_serve)

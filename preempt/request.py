@@ -128,7 +128,8 @@ class RobustifyRequest(_Request):
                 **given: Any) -> "RobustifyRequest":
         """The request for ``model`` (whose card is ``card``) with the ``given`` choices; ``None`` means "default".
 
-        Defaults: the card's norm and epsilon (else linf 0.1, or l2 1.5), delta = epsilon, the preset's
+        Defaults: the card's norm and epsilon (else linf 0.1, or l2 1.5), the card's delta (for its own norm and
+        epsilon; else delta = epsilon), the preset's
         effort (``medium``), the product's stopping rule, verification ``apgd``, no retry. ``verify``
         may also be a yes/no word (true = apgd). Raises :class:`RequestError` naming each bad field.
         """
@@ -138,7 +139,9 @@ class RobustifyRequest(_Request):
             raise RequestError([(k, "unknown parameter") for k in sorted(unknown)])
         norm, epsilon = _threat_defaults(card, given.get("norm"))
         data = {"model": model, "norm": norm, "epsilon": epsilon, "preset": DEFAULT_PRESET, **given}
-        data.setdefault("delta", data["epsilon"])
+        threat = card.get("threat") or {}
+        card_delta = threat.get("delta") if threat.get("norm", "linf") == norm and "epsilon" not in given else None
+        data.setdefault("delta", card_delta or data["epsilon"])
         if isinstance(data.get("verify"), bool):
             data["verify"] = "apgd" if data["verify"] else "off"
         elif isinstance(data.get("verify"), str):

@@ -127,7 +127,12 @@ class ModelInfo(BaseModel):
     input_size: Optional[List[int]] = None
     channels: Optional[int] = None
     class_names: Optional[List[str]] = None
+    num_classes: Optional[int] = None
     method: Optional[str] = None
+    source: Literal["shipped", "added"] = Field("shipped", description="shipped with Preempt, or added with "
+                                                                        "preempt models add")
+    format: Optional[str] = Field(None, description="onnx, torchscript, export or state_dict")
+    description: Optional[str] = Field(None, description="what the model is for, in words")
 
 
 class ModelList(BaseModel):

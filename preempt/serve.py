@@ -181,8 +181,10 @@ def serve(host: str = "127.0.0.1", port: int = 8000, workers: Optional[int] = No
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings()
     lock = None
+    folder = Path(data_dir or os.environ.get("PREEMPT_DATA_DIR") or Path.home() / ".local/share/preempt")
+    # The API and every worker read added models from DATA_DIR/models (preempt models add --data-dir DATA_DIR).
+    os.environ["PREEMPT_DATA_DIR"] = str(folder)
     if not settings.redis_url:  # first of all: a second serve on this data directory stops here, in one line
-        folder = Path(data_dir or Path.home() / ".local/share/preempt")
         lock = DataDirLock(folder)
     if settings.auth == "auto":  # keys are required as soon as anything beyond this machine can call
         os.environ["PREEMPT_AUTH"] = "off" if host in ("127.0.0.1", "localhost", "::1") else "required"

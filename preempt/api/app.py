@@ -31,7 +31,7 @@ from preempt.api.ratelimit import RateLimiter
 from preempt.keys import KeyStore
 from preempt.api.routes import api_router, page
 from preempt.queue import enqueue, make_celery
-from preempt.registry import model_card, registered_models
+from preempt.registry import Catalog
 from preempt.settings import Settings
 from preempt.store import JobStore, redis_client
 
@@ -49,8 +49,8 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
     app.state.metrics = metrics = Metrics(store)
     app.state.keys = KeyStore(store.r)
     app.state.ratelimiter = RateLimiter(settings.require_url())
-    # The shipped models do not change while the API runs: read their cards once, not per request.
-    app.state.cards = {name: model_card(name) for name in registered_models()}
+    # The cards are read again only when a model is added or removed (preempt models add/remove).
+    app.state.catalog = Catalog()
     errors.install(app)
     app.include_router(api_router())
     page.mount(app)

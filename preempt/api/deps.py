@@ -32,7 +32,7 @@ def get_enqueue(request: Request) -> Callable[[str], None]:
 
 def get_cards(request: Request) -> dict:
     """Model name -> model card of the models this service protects against."""
-    return request.app.state.cards
+    return request.app.state.catalog.cards()
 
 
 def get_metrics(request: Request) -> Metrics:

@@ -309,6 +309,59 @@ def _is_torchscript(path: Path) -> bool:
         return False
 
 
+def model_format(path: Path) -> str:
+    """``onnx``, ``export`` (a ``torch.export`` ``.pt2``), ``torchscript`` or ``state_dict``, by the file's kind."""
+    path = Path(path)
+    if path.suffix == ".onnx":
+        return "onnx"
+    if path.suffix == ".pt2":
+        return "export"
+    return "torchscript" if _is_torchscript(path) else "state_dict"
+
+
+def load_model_file(path: Path, card: dict, arch: Optional[str] = None, device: str = "cpu",
+                    num_classes: Optional[int] = None) -> nn.Module:
+    """The network in ``path`` as saved (no preprocessing, not yet in eval mode); ``card`` gives a
+    state_dict's ``arch``, ``num_classes``, ``dataset`` and ``channels``. ``ValueError`` says what is wrong."""
+    path = Path(path)
+    arch = arch or card.get("arch")
+    fmt = model_format(path)
+    model: nn.Module
+    if fmt == "onnx":
+        from .onnxconv import load_onnx
+
+        model = load_onnx(path)
+    elif fmt == "export":
+        try:
+            model = torch.export.load(str(path)).module()
+        except Exception as e:  # noqa: BLE001 - any failure here means "not an exported program"
+            raise ValueError(f"{path}: not a torch.export program ({type(e).__name__}: {e})") from e
+    elif fmt == "torchscript":
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)  # jit.load's deprecation notice
+                model = torch.jit.load(str(path), map_location=device)
+        except Exception as e:  # noqa: BLE001
+            raise ValueError(f"{path}: unreadable TorchScript file ({type(e).__name__}: {e})") from e
+    else:
+        try:
+            sd = torch.load(str(path), map_location=device, weights_only=True)
+        except Exception as e:  # noqa: BLE001
+            raise ValueError(f"{path}: neither a TorchScript file nor a state_dict ({type(e).__name__})") from e
+        if not isinstance(sd, dict):
+            raise ValueError(f"{path}: expected a state_dict, found {type(sd).__name__}")
+        if not arch:
+            raise ValueError(f"{path} is a state_dict: say which architecture it is for (arch, one of {sorted(ARCHS)})")
+        k = num_classes or card.get("num_classes", 10)
+        model = build_model(arch, k, dataset=card.get("dataset"), in_channels=card.get("channels"))
+        try:
+            load_state_dict_into(model, sd)
+        except RuntimeError as e:
+            raise ValueError(f"{path}: the state_dict does not fit {arch} with {k} classes "
+                             f"({str(e).splitlines()[0][:200]})") from e
+    return model
+
+
 def load_classifier(name_or_path: str, arch: Optional[str] = None, device: str = "cpu",
                     num_classes: Optional[int] = None, channels_last: Optional[bool] = None,
                     precision: str = "fp32") -> LoadedClassifier:
@@ -337,32 +390,7 @@ def load_classifier(name_or_path: str, arch: Optional[str] = None, device: str =
             raise ValueError(f"model {name_or_path!r} is neither a file nor a registered model (registered: {names})")
     card = read_sidecar(path)
     spec = ModelSpec.from_dict(card)
-    arch = arch or card.get("arch")
-    model: nn.Module
-    if path.suffix == ".pt2":
-        try:
-            model = torch.export.load(str(path)).module()
-        except Exception as e:  # noqa: BLE001 - any failure here means "not an exported program"
-            raise ValueError(f"{path}: not a torch.export program ({type(e).__name__}: {e})") from e
-    elif _is_torchscript(path):
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", FutureWarning)  # jit.load's deprecation notice
-                model = torch.jit.load(str(path), map_location=device)
-        except Exception as e:  # noqa: BLE001
-            raise ValueError(f"{path}: unreadable TorchScript file ({type(e).__name__}: {e})") from e
-    else:
-        try:
-            sd = torch.load(str(path), map_location=device, weights_only=True)
-        except Exception as e:  # noqa: BLE001
-            raise ValueError(f"{path}: neither a TorchScript file nor a state_dict ({type(e).__name__})") from e
-        if not isinstance(sd, dict):
-            raise ValueError(f"{path}: expected a state_dict, found {type(sd).__name__}")
-        if not arch:
-            raise ValueError(f"{path} is a state_dict: say which architecture it is for (arch, one of {sorted(ARCHS)})")
-        k = num_classes or card.get("num_classes", 10)
-        model = build_model(arch, k, dataset=card.get("dataset"), in_channels=card.get("channels"))
-        load_state_dict_into(model, sd)
+    model = load_model_file(path, card, arch=arch, device=device, num_classes=num_classes)
     if spec.mean is not None or spec.input_size is not None or spec.channels is not None:
         model = Preprocess(model, spec)
     model = model.to(device)

@@ -63,12 +63,14 @@ function describeModel(m) {
   const colour = m.channels === 1 ? "greyscale" : m.channels === 3 ? "colour" : "";
   const classes = m.class_names || [];
   const threat = m.threat ? ` It defends against changes of up to ${m.threat.epsilon} (${m.threat.norm}) by default.` : "";
-  const names = classes.length ? ` It knows ${classes.length} classes: ${classes.join(", ")}.` : "";
-  const dataset = m.dataset ? ` trained on ${m.dataset}` : "";
+  const names = classes.length ? ` It knows ${classes.length} classes: ${classes.join(", ")}.`
+    : m.num_classes ? ` It knows ${m.num_classes} classes.` : "";
+  const dataset = m.dataset ? ` trained on ${m.dataset}` : m.source === "added" ? ` added to this server (${m.format})` : "";
   const warn = classes.length
     ? ` It can only answer with these, so a photo of anything else (a cat, a face) gets one of them: pick the classifier your platform uses.`
     : "";
-  return `A ${size} ${colour} image classifier${dataset}.${names}${warn}${threat}`.replace(/\s+/g, " ");
+  const lead = m.description ? `${m.description.replace(/\.?$/, ".")} ` : "";
+  return `${lead}A ${size} ${colour} image classifier${dataset}.${names}${warn}${threat}`.replace(/\s+/g, " ");
 }
 
 function describePreset(name) {

@@ -32,6 +32,7 @@ from preempt.core.reconstruct import whitebox_attack
 from preempt.core.smoothing import ABSTAIN, Smooth
 from preempt.core.threat import ThreatModel
 from preempt.pipeline import Protector, load_protector, protect
+from preempt.registry import model_card
 from preempt.request import AttackRequest, CertifyRequest, RobustifyRequest
 from preempt.store import JobStore
 
@@ -47,14 +48,21 @@ class ModelCache:
 
     def __init__(self, device: str, precision: str = "fp32"):
         self.device, self.precision = device, precision
-        self._models: Dict[str, Protector] = {}
+        self._models: Dict[tuple, Protector] = {}
         self._lock = threading.Lock()
 
     def get(self, name: str) -> Protector:
+        """The model ``name``, loaded again if it was replaced since (``preempt models add --force``)."""
+        try:
+            version = model_card(name).get("sha256")
+        except (KeyError, OSError, ValueError):
+            version = None  # unknown now: load_protector says so
         with self._lock:
-            if name not in self._models:
-                self._models[name] = load_protector(name, device=self.device, precision=self.precision)
-            return self._models[name]
+            if (name, version) not in self._models:
+                for key in [k for k in self._models if k[0] == name]:
+                    del self._models[key]
+                self._models[(name, version)] = load_protector(name, device=self.device, precision=self.precision)
+            return self._models[(name, version)]
 
 
 def release_memory() -> None:

@@ -17,6 +17,7 @@ router = APIRouter(tags=["models"])
             responses=errors.documented(errors.Unauthorized, errors.Forbidden))
 async def list_models(cards: CardsDep, caller: CallerDep):
     return ModelList(models=[ModelInfo(name=name, default=name == DEFAULT_MODEL,
-                                       **{k: card.get(k) for k in ModelInfo.model_fields if k in card})
+                                       **{k: card.get(k) for k in ModelInfo.model_fields
+                                          if card.get(k) is not None and k not in ("name", "default")})
                              for name, card in cards.items()],
                      presets=PRESETS)
