@@ -39,6 +39,10 @@ def test_compose_shape():
         seen.add(devices[0]["device_ids"][0])
         assert svc["environment"]["PREEMPT_REDIS_URL"].startswith("redis://redis:")
     assert len(seen) == len(workers)  # no two workers share a GPU
+    # added models (preempt models add) live in one volume that the API and every worker mount at PREEMPT_DATA_DIR
+    for name in ["api", *workers]:
+        svc = services[name]
+        assert svc["environment"]["PREEMPT_DATA_DIR"] == "/data" and "preempt-data:/data" in svc["volumes"], name
     api_docker = (ROOT / "docker/api.Dockerfile").read_text()
     installs = [line for line in api_docker.replace("\\\n", " ").splitlines() if "pip install" in line]
     assert installs and all("torch" not in line for line in installs)  # the API image has no torch
