@@ -80,7 +80,7 @@ def _load(args):
 # ---------------------------------------------------------------- robustify
 # The options every command that robustifies passes to RobustifyRequest.resolve (None: the default).
 REQUEST_OPTIONS = ("norm", "epsilon", "delta", "preset", "iterations", "steps", "samples", "stop_patience",
-                   "stop_loss", "plateau_window", "verify", "retry")
+                   "stop_loss", "plateau_window", "verify", "retry", "strength", "smooth")
 
 
 def _request(args, card: Optional[dict] = None) -> RobustifyRequest:
@@ -96,7 +96,8 @@ def _request(args, card: Optional[dict] = None) -> RobustifyRequest:
 
 
 # The options a Preempt service takes; the others run only on this machine.
-SERVICE_OPTIONS = ("model", "preset", "norm", "epsilon", "delta", "iterations", "verify", "no_verify", "retry")
+SERVICE_OPTIONS = ("model", "preset", "norm", "epsilon", "delta", "iterations", "verify", "no_verify", "retry",
+                   "strength", "smooth")
 
 
 def _remote(args):
@@ -405,6 +406,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--retry", action="store_true", default=None,
                    help="robustify the images the check rejects once more, with every outer iteration and targeted "
                         "inner attacks toward the 3 runner-up classes; keep the new PNG only if it passes the check")
+    p.add_argument("--strength", choices=["high", "medium", "low"], default=None,
+                   help="how visible protection may be: high keeps the whole change the robustifier found; medium "
+                        "(default) the smallest scale of it that passes the check, one step further inside; low the "
+                        "smallest (the report's scale says what was kept; docs/quality.md measures each)")
+    p.add_argument("--no-smooth", dest="smooth", action="store_false", default=None,
+                   help="for images larger than the model's input: change every pixel on its own instead of a "
+                        "change at the model's resolution upsampled smoothly")
     _add_stop(p)
     p.add_argument("--batch-size", type=_positive_int, default=64,
                    help="images of one size robustified together (default %(default)s)")

@@ -44,10 +44,12 @@ def protect(request: RobustifyRequest, protector: Protector, images: Sequence[De
             progress: Optional[Progress] = None) -> List[ProtectResult]:
     """Robustify ``images`` (one shape) as one batch as ``request`` says; PNG bytes and a report for each."""
     verify = request.verify != "off"
-    results = protect_images(protector.fast.model, list(images), ThreatModel(**request.threat_fields()),
-                             RobustifyConfig(**request.config_fields()), device=protector.device, verify=verify,
-                             progress=progress, judge=protector.judge.model,
-                             verify_attack=request.verify if verify else DEFAULT_VERIFY, retry=request.retry)
+    size = protector.judge.spec.input_size
+    config = RobustifyConfig(**request.config_fields(), smooth_size=tuple(size) if request.smooth and size else None)
+    results = protect_images(protector.fast.model, list(images), ThreatModel(**request.threat_fields()), config,
+                             device=protector.device, verify=verify, progress=progress, judge=protector.judge.model,
+                             verify_attack=request.verify if verify else DEFAULT_VERIFY, retry=request.retry,
+                             strength=request.strength if verify else "high")
     for r in results:
         r.report = {"model": request.model, **r.report, "label_name": protector.class_name(r.report["label"])}
     return results

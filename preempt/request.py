@@ -21,6 +21,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 Norm = Literal["linf", "l2"]
 Preset = Literal["low", "medium", "high"]
 Verify = Literal["apgd", "pgd", "off"]
+# Visibility against protection (core/protect.py: shrink); the default is chosen in docs/quality.md.
+Strength = Literal["high", "medium", "low"]
+DEFAULT_STRENGTH = "medium"
 
 # Robustification effort: outer iterations MAXITER, inner steps T, random starts N.
 # "medium" is the paper's official setting (100 x (20 + 1) passes per image).
@@ -112,6 +115,12 @@ class RobustifyRequest(_Request):
     verify: Verify = Field("apgd", description="the check on the written PNG: apgd (PGD-20 x 5, APGD-CE, APGD-T), "
                                                "pgd (PGD-20 x 5), off")
     retry: bool = Field(False, description="robustify once more the images the check rejects")
+    strength: Strength = Field(DEFAULT_STRENGTH, description=(
+        "how much of the change to keep: high, all the robustifier found; medium, the smallest scale of it that "
+        "passes the first stage of the check, one step further inside, if it passes the whole check; low, the "
+        "smallest (needs verify; with verify off the whole change is written)"))
+    smooth: bool = Field(True, description="an image larger than the model's input gets its change at the model's "
+                                           "resolution, upsampled smoothly (no block pattern)")
 
     _budget = field_validator("epsilon", "delta")(_within_budget)
     _iterations = field_validator("iterations")(_within_max_iterations)

@@ -8,7 +8,7 @@ from typing import Literal, Optional
 from fastapi import UploadFile
 from pydantic import BaseModel, ConfigDict, Field
 
-from preempt.request import MAX_BUDGET, MAX_ITERATIONS, Norm, Preset
+from preempt.request import MAX_BUDGET, MAX_ITERATIONS, Norm, Preset, Strength
 
 class _Form(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -35,6 +35,11 @@ class RobustifyForm(_Form):
     verify: Optional[Literal["apgd", "pgd", "off", "true", "false"]] = Field(
         None, description="the check on the written PNG: apgd (= true, default), pgd, off (= false)")
     retry: Optional[bool] = Field(None, description="robustify once more if the check rejects the image")
+    strength: Optional[Strength] = Field(None, description="high: keep the whole change; medium (default): the "
+                                                           "smallest scale of it that passes the check, one step "
+                                                           "further inside; low: the smallest")
+    smooth: Optional[bool] = Field(None, description="an image larger than the model's input: the change at the "
+                                                     "model's resolution, upsampled smoothly (default true)")
 
 
 class AttackForm(_Form):

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
-from typing import Callable, Optional
+from typing import Callable, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -65,6 +65,8 @@ class RobustifyConfig:
     plateau_tol: float = 0.02  # the mean of the W before (window 0: off)
     inner_loss: str = "ce"  # "ce" (the paper) or "targeted" (start k aims at the k-th runner-up class)
     aggregate: str = "mean"  # over the N starts: "mean" (the paper) or "max" (the worst start drives the update)
+    # (H, W): an image larger than this gets its perturbation at this size, upsampled bilinearly (SmoothUpdate)
+    smooth_size: Optional[Tuple[int, int]] = None
 
     def resolved(self, threat: ThreatModel) -> "RobustifyConfig":
         """A copy with every ``None`` replaced by its norm-dependent default, validated."""
@@ -239,6 +241,65 @@ class TanhRMSprop:
             return self.variable().detach()
 
 
+class SmoothUpdate:
+    """The perturbation kept at a coarser size ``(h, w)`` (the classifier's input) and upsampled bilinearly to the
+    image: ``x_rob = clip(x_orig + up(d), 0, 1)``.
+
+    A model that sees the image resized to ``(h, w)`` only responds to what survives the resize, so a full-size
+    perturbation spends the budget on every pixel and the resize's gradient stamps its footprint on the image
+    (blocks, one per input pixel). ``up`` is a convex combination of ``d``'s values, so ``|d| <= delta`` keeps
+    ``x_rob`` in the linf ball; for l2, ``d`` is scaled until ``||up(d)|| <= delta``. linf with
+    ``optimizer="rmsprop"``: ``d = delta * tanh(w)`` and RMSprop on ``w`` (the official update, coarse); else
+    projected steps on ``d`` (step size in full-resolution units).
+    """
+
+    def __init__(self, x_orig: torch.Tensor, x_init: torch.Tensor, geometry: Geometry, delta: float, lr: float,
+                 size: Tuple[int, int], optimizer: str):
+        self.x_orig, self.geometry, self.delta, self.size = x_orig, geometry, delta, tuple(size)
+        self.full = tuple(x_orig.shape[-2:])
+        d0 = F.interpolate(x_init - x_orig, size=self.size, mode="area")
+        self.rmsprop = optimizer == "rmsprop"
+        if self.rmsprop:
+            self.w = torch.atanh((d0 / delta).clamp(-0.9995, 0.9995)).requires_grad_(True)
+            self.opt = torch.optim.RMSprop([self.w], lr=lr)
+        else:
+            scale = math.sqrt(self.size[0] * self.size[1] / (self.full[0] * self.full[1]))
+            self.d, self.lr = self._fit(d0), lr * scale
+
+    def _up(self, d: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(d, size=self.full, mode="bilinear", align_corners=False)
+
+    def _fit(self, d: torch.Tensor) -> torch.Tensor:
+        if self.geometry.norm == "linf":
+            return d.clamp(-self.delta, self.delta)
+        norms = flat_norm(self._up(d), "l2").clamp_min(1e-12)
+        return d * (self.delta / norms).clamp(max=1.0).view(-1, 1, 1, 1)
+
+    def _x(self, d: torch.Tensor) -> torch.Tensor:
+        return (self.x_orig + self._up(d)).clamp(0.0, 1.0)
+
+    def variable(self) -> torch.Tensor:
+        if self.rmsprop:
+            return self._x(self.delta * torch.tanh(self.w))
+        self.leaf = self.d.detach().requires_grad_(True)
+        return self._x(self.leaf)
+
+    def step(self, objective: torch.Tensor, x_var: torch.Tensor, rows: torch.Tensor) -> None:
+        if self.rmsprop:
+            self.opt.zero_grad(set_to_none=True)
+            objective.sum().backward()
+            self.opt.step()
+            return
+        (grad,) = torch.autograd.grad(objective.sum(), self.leaf)
+        with torch.no_grad():
+            self.d = self.d.clone()
+            self.d[rows] = self._fit(self.geometry.step(self.d[rows], -grad[rows], self.lr))
+
+    def current(self) -> torch.Tensor:
+        with torch.no_grad():
+            return self._x(self.delta * torch.tanh(self.w) if self.rmsprop else self.d).detach()
+
+
 # ------------------------------------------------------------------------------------ the stopping rule
 class EarlyStopping:
     """Which images of a batch of ``b`` still run (see the module docstring); ``enabled=False``: all, always."""
@@ -315,8 +376,14 @@ def robustify(
     else:
         x_init = geometry.random_in_ball(x_orig, delta) if cfg.init == "random" else x_orig.clone()
     inner = objective or InnerObjective(model, threat, cfg)
-    update = (TanhRMSprop(x_orig, x_init, delta, cfg.lr) if cfg.optimizer == "rmsprop"
-              else ProjectedStep(x_orig, x_init, geometry, delta, cfg.lr, ascend=maximize))
+    smooth = (not maximize and cfg.smooth_size is not None
+              and any(n > m for n, m in zip(x_orig.shape[-2:], cfg.smooth_size)))
+    if smooth:
+        update = SmoothUpdate(x_orig, x_init, geometry, delta, cfg.lr, cfg.smooth_size, cfg.optimizer)
+    elif cfg.optimizer == "rmsprop":
+        update = TanhRMSprop(x_orig, x_init, delta, cfg.lr)
+    else:
+        update = ProjectedStep(x_orig, x_init, geometry, delta, cfg.lr, ascend=maximize)
     b = x_orig.shape[0]
     stopper = EarlyStopping(cfg, b, x_orig.device, enabled=not maximize)
     passes = torch.zeros(b, dtype=torch.long, device=x_orig.device)

@@ -325,6 +325,11 @@ class JobCard {
     } else {
       items.push("Not checked (verification was off).");
     }
+    if (r.scale !== undefined) {
+      items.push(r.scale === 0
+        ? `Strength ${r.strength}: the original already withstands the check, so it was left as it was.`
+        : `Strength ${r.strength}: kept ${Math.round(r.scale * 100)}% of the change the robustifier found.`);
+    }
     items.push(`${r.passes} forward-backward passes of the classifier, ${r.iterations_run} iterations.`);
     const list = $(".report", this.el);
     list.replaceChildren(...items.map((t) => { const li = document.createElement("li"); li.textContent = t; return li; }));
@@ -401,7 +406,8 @@ function selectedModelNames(model) {
 // ---------------------------------------------------------------- wiring
 
 function settingsFromForm() {
-  return { model: $("#model").value, preset: $("#preset").value, delta: $("#delta").value.trim() };
+  return { model: $("#model").value, preset: $("#preset").value, delta: $("#delta").value.trim(),
+    strength: $("#strength").value };
 }
 
 function init() {

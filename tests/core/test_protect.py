@@ -114,3 +114,68 @@ def test_retry_reports_progress_that_stays_within_the_total_and_can_stop_it(adv_
     torch.manual_seed(0)
     with pytest.raises(Cancelled):
         protect_images(adv_model, images, threat, cfg, retry=True, progress=cancel_after_first_try)
+
+
+def _images(x):
+    from preempt.core.images import DecodedImage
+
+    return [DecodedImage(pixels=xi, alpha=None, format="png") for xi in x]
+
+
+def test_lower_strength_keeps_less_of_the_same_change_and_the_same_guarantee(adv_model, fmnist_test):
+    """On real test images: from the same robustification, ``medium`` and ``low`` keep a scale of the change
+    (pixel by pixel no larger), every output stays inside delta, and every verified image is still verified by
+    the same check on the written file, with its label (shrinking falls back to the whole change)."""
+    x, _ = fmnist_test
+    x = x[:24]
+    threat = ThreatModel("linf", 0.1)
+    runs = {}
+    for strength in ("high", "medium", "low"):
+        torch.manual_seed(0)
+        runs[strength] = protect_images(adv_model, _images(x), threat, RobustifyConfig(iterations=20, steps=5),
+                                        verify_attack="pgd", strength=strength)
+    high = runs["high"]
+    for strength in ("medium", "low"):
+        for orig, h, r in zip(x, high, runs[strength]):
+            assert (r.pixels - orig).abs().max() <= 0.1 + 1e-6
+            assert ((r.pixels - orig).abs() <= (h.pixels - orig).abs() + 1e-6).all()
+            assert r.report["verified"]["robust"] == h.report["verified"]["robust"]
+            assert r.report["label"] == h.report["label"] and r.report["label_kept"] >= h.report["label_kept"]
+            assert 0.0 <= r.report["scale"] <= 1.0 and r.report["strength"] == strength
+            if r.report["scale"] < 1:
+                assert r.report["verified"]["robust"] and decode(r.png).pixels.equal(r.pixels)
+        scales = [r.report["scale"] for r in runs[strength]]
+        assert min(scales) < 1  # it found smaller changes on this sample
+    mean_low = sum(r.report["scale"] for r in runs["low"]) / len(x)
+    mean_medium = sum(r.report["scale"] for r in runs["medium"]) / len(x)
+    assert mean_low <= mean_medium  # medium keeps a step more
+    assert "scale" not in high[0].report
+
+
+def test_a_photo_larger_than_the_model_gets_a_smooth_change_inside_the_budget():
+    """A real photograph (matplotlib's public-domain portrait, 112x96) against the shipped 28x28 model: with the
+    change at the model's resolution, upsampled, it stays inside delta and keeps the label, its high-frequency
+    energy (total variation of the change) is under half the per-pixel change's, and SSIM is higher."""
+    import matplotlib.cbook
+    from PIL import Image
+
+    with Image.open(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)) as img:
+        photo = img.convert("RGB").resize((96, 112), Image.BICUBIC)
+    x = decode(encode_png(torch.from_numpy(__import__("numpy").asarray(photo)).permute(2, 0, 1) / 255.0, None)).pixels
+    from preempt.core.models import load_classifier
+
+    model = load_classifier("fmnist-linf-ours-12ep").model  # preprocessing: grey, resized to 28x28
+    threat = ThreatModel("linf", 0.1)
+
+    def tv(d):
+        return float((d[..., 1:, :] - d[..., :-1, :]).abs().mean() + (d[..., :, 1:] - d[..., :, :-1]).abs().mean())
+
+    out = {}
+    for size in (None, (28, 28)):
+        torch.manual_seed(0)
+        r = protect_images(model, _images(x[None]), threat, RobustifyConfig(iterations=10, steps=5, smooth_size=size),
+                           verify_attack="pgd")[0]
+        assert (r.pixels - x).abs().max() <= 0.1 + 1e-6 and r.report["label_kept"]
+        out[size] = r.pixels - x, r.report["ssim"]
+    assert tv(out[(28, 28)][0]) < 0.5 * tv(out[None][0]), (tv(out[(28, 28)][0]), tv(out[None][0]))
+    assert out[(28, 28)][1] > out[None][1]
