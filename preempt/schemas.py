@@ -64,7 +64,7 @@ class Job(BaseModel):
         "attempts": 1,
         "params": {"model": "fmnist-linf-ours-12ep", "norm": "linf", "epsilon": 0.1, "delta": 0.1, "preset": "medium",
                    "iterations": 100, "steps": 20, "samples": 1, "stop_patience": 3, "stop_loss": None,
-                   "plateau_window": 20, "verify": "apgd", "retry": False},
+                   "plateau_window": 20, "verify": "apgd", "retry": False, "strength": "medium", "smooth": True},
         "report": {"model": "fmnist-linf-ours-12ep", "norm": "linf", "epsilon": 0.1, "delta": 0.1, "linf": 0.098,
                    "l2": 1.18, "psnr": 26.0, "ssim": 0.93, "label": 2, "label_name": "Pullover", "label_kept": True,
                    "verified": {"attack": "pgd-20x5+apgd-ce+apgd-t", "robust": True}, "passes": 168,

@@ -180,17 +180,20 @@ class JobCard {
     $(".bar", this.el).hidden = true;
   }
 
-  async start() {
+  // Submits the job and resolves once the server has it, so that files queue in the order chosen; watching
+  // it to its end goes on (this.watching).
+  async submit() {
     this.say("Uploading\u2026");
     try {
       const body = formFor(this.file, this.settings);
       const created = await (await call("POST", `${API}/robustify`, body)).json();
       this.jobId = created.job_id;
       this.el.dataset.job = created.job_id;
-      await this.watch();
     } catch (err) {
       this.fail(explain(err));
+      return;
     }
+    this.watching = this.watch().catch((err) => this.fail(explain(err)));
   }
 
   async watch() {
@@ -431,7 +434,12 @@ function init() {
     const settings = settingsFromForm();
     const chosen = state.staged.splice(0);
     renderStaged();
-    for (const file of chosen) new JobCard(file, settings).start();
+    (async () => {
+      for (const file of chosen) {
+        const card = new JobCard(file, settings);
+        await card.submit();  // the job exists: the next file queues behind it
+      }
+    })();
   });
   loadModels();
 }

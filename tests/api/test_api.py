@@ -38,6 +38,10 @@ def test_a_job_is_stored_with_its_resolved_request_and_sent_to_the_queue(client)
     assert job["batch"] == request.batch_key((1, 28, 28)) and job["image"]["width"] == 28
     view = client.get(f"/v1/jobs/{job_id}").json()
     assert view["status"] == "queued" and view["params"] == request.model_dump()
+    assert (request.strength, request.smooth) == ("medium", True)
+    other = post(client, png(), strength="low", smooth="false").json()["job_id"]
+    params = client.get(f"/v1/jobs/{other}").json()["params"]
+    assert (params["strength"], params["smooth"]) == ("low", False)
 
 
 def test_image_errors_map_to_status_codes_by_type(client):
@@ -55,7 +59,8 @@ def test_image_errors_map_to_status_codes_by_type(client):
 
 def test_parameter_errors_name_the_field_and_create_no_job(client):
     for fields, field in (({"delta": "5"}, "delta"), ({"norm": "l3"}, "norm"), ({"iterations": "2001"}, "iterations"),
-                          ({"verify": "maybe"}, "verify"), ({"model": "nope"}, "model")):
+                          ({"verify": "maybe"}, "verify"), ({"model": "nope"}, "model"),
+                          ({"strength": "max"}, "strength")):
         r = post(client, png(), **fields)
         assert r.status_code == 422 and r.json()["error"] == "invalid_parameter", r.text
         assert r.json()["detail"].startswith(field + ":")

@@ -70,3 +70,14 @@ def test_batch_keys_match_exactly_when_the_computation_and_the_shape_match(a, b,
     rb = RobustifyRequest.resolve({}, b.pop("model", "a"), **b)
     same_work = ra.model_dump(exclude={"preset"}) == rb.model_dump(exclude={"preset"}) and shape_a == shape_b
     assert (ra.batch_key(shape_a) == rb.batch_key(shape_b)) == same_work
+
+
+def test_strength_and_smooth_have_defaults_and_are_checked():
+    from preempt.request import DEFAULT_STRENGTH, RequestError, RobustifyRequest
+
+    card = {"threat": {"norm": "linf", "epsilon": 0.1}}
+    r = RobustifyRequest.resolve(card, "m")
+    assert r.strength == DEFAULT_STRENGTH and r.smooth is True
+    assert RobustifyRequest.resolve(card, "m", strength="high", smooth=False).strength == "high"
+    with pytest.raises(RequestError, match="strength"):
+        RobustifyRequest.resolve(card, "m", strength="invisible")
