@@ -1,0 +1,149 @@
+"""What protection costs in visibility, and what each strength keeps of the protection (docs/quality.md).
+
+    python -m bench.quality [-n 200] [--model fmnist-linf-ours-12ep] [--strengths high,medium,low]
+        [--attacks pgd,aa] [--photos examples/photos] [--photo-strengths high,medium,low]
+        [--json F] [--markdown F] [--crops DIR]
+
+Fashion-MNIST: the first ``n`` test images through the product's pipeline (``protect_images``: robustify,
+8-bit PNG, the check on the written file, then the strength's shrinking) at each strength, from the same
+seed; then grey-box PGD-20 and AutoAttack (standard) on the written files. Per strength: PSNR (mean over
+the images that changed; the unchanged share beside it), SSIM (mean over all), the budget used (mean
+linf / delta), the verified rate, accuracy and gap closure under each attack, seconds per image.
+
+Photos (``--photos``): each file in the folder through the same pipeline (its change at the model's
+resolution, upsampled, unless ``--no-smooth``), per strength and with the old per-pixel change
+(``high/per-pixel``): PSNR, SSIM, verified, seconds. ``--crops DIR`` writes a before/after crop of each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from bench import emit, robust_accuracy
+from preempt.core.data import fashion_mnist
+from preempt.core.evaluate import gap_closure
+from preempt.core.images import DecodedImage, decode
+from preempt.core.models import load_classifier
+from preempt.core.protect import STRENGTHS, protect_images
+from preempt.core.robustify import RobustifyConfig
+from preempt.core.threat import ThreatModel
+from preempt.registry import DEFAULT_MODEL, card_for
+
+
+def summarise(reports: list, seconds: float) -> dict:
+    psnr = [r["psnr"] for r in reports if r["psnr"] is not None]
+    return {
+        "psnr_changed": statistics.mean(psnr) if psnr else None,
+        "unchanged": sum(r["psnr"] is None for r in reports) / len(reports),
+        "ssim": statistics.mean(r["ssim"] for r in reports),
+        "budget_used": statistics.mean((r["linf"] if r["norm"] == "linf" else r["l2"]) / r["delta"] for r in reports),
+        "verified": sum(bool(r.get("verified", {}).get("robust")) for r in reports) / len(reports),
+        "mean_scale": statistics.mean(r.get("scale", 1.0) for r in reports),
+        "seconds_per_image": seconds / len(reports),
+    }
+
+
+def fashion_mnist_rows(args, clf, threat) -> list:
+    x, y = fashion_mnist("test", limit=args.n)[:2]
+    model = clf.model
+    attacks = args.attacks.split(",")
+    rows = [{"strength": "none (originals)", **robust_accuracy(model, x, y, threat, attacks, args.batch)}]
+    print(rows[0], flush=True)
+    images = [DecodedImage(pixels=xi, alpha=None, format="png") for xi in x]
+    for strength in args.strengths.split(","):
+        torch.manual_seed(0)
+        start = time.perf_counter()
+        results = []
+        for k in range(0, len(images), args.batch):
+            results += protect_images(model, images[k:k + args.batch], threat, RobustifyConfig(), strength=strength)
+        seconds = time.perf_counter() - start
+        xr = torch.stack([r.pixels for r in results])
+        row = {"strength": strength, **summarise([r.report for r in results], seconds),
+               **robust_accuracy(model, xr, y, threat, attacks, args.batch)}
+        for a in attacks:
+            row[f"gap_closure_{a}"] = gap_closure(rows[0], row, f"greybox_{a}")
+        rows.append(row)
+        print(row, flush=True)
+    return rows
+
+
+def photo_rows(args, clf, threat) -> list:
+    rows = []
+    files = sorted(p for p in Path(args.photos).iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".webp"))
+    size = tuple(clf.spec.input_size) if clf.spec.input_size else None
+    settings = [(s, size) for s in args.photo_strengths.split(",")] + [("high/per-pixel", None)]
+    for path in files:
+        img = decode(path.read_bytes())
+        for name, smooth in settings:
+            strength = name.split("/")[0]
+            torch.manual_seed(0)
+            start = time.perf_counter()
+            r = protect_images(clf.model, [img], threat, RobustifyConfig(smooth_size=smooth), strength=strength)[0]
+            row = {"photo": path.name, "size": f"{img.pixels.shape[2]}x{img.pixels.shape[1]}", "strength": name,
+                   **summarise([r.report], time.perf_counter() - start)}
+            rows.append(row)
+            print(row, flush=True)
+            if args.crops:
+                save_crop(Path(args.crops), path, img, r.pixels, name)
+    return rows
+
+
+def save_crop(folder: Path, path: Path, img: DecodedImage, protected: torch.Tensor, name: str) -> None:
+    """The original and the protected image side by side, a 160x160 crop from the middle, at 2x."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    _, h, w = img.pixels.shape
+    top, left = max(0, h // 2 - 80), max(0, w // 2 - 80)
+
+    def crop(t):
+        a = (t[:, top:top + 160, left:left + 160].clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+        pic = Image.fromarray(a.squeeze(-1) if a.shape[-1] == 1 else a)
+        return pic.resize((pic.width * 2, pic.height * 2), Image.NEAREST)
+
+    a, b = crop(img.pixels), crop(protected)
+    out = Image.new("RGB", (a.width * 2 + 8, a.height), "white")
+    out.paste(a, (0, 0))
+    out.paste(b, (a.width + 8, 0))
+    out.save(folder / f"{path.stem}-{name.replace('/', '-')}.png")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-n", type=int, default=200, help="Fashion-MNIST test images (0: none)")
+    p.add_argument("--model", default=DEFAULT_MODEL)
+    p.add_argument("--strengths", default=",".join(STRENGTHS))
+    p.add_argument("--photo-strengths", default=",".join(STRENGTHS))
+    p.add_argument("--attacks", default="pgd,aa")
+    p.add_argument("--batch", type=int, default=100)
+    p.add_argument("--photos", default=None, help="a folder of photos (examples/photos)")
+    p.add_argument("--crops", default=None, help="write before/after crops of the photos here")
+    p.add_argument("--json", default=None)
+    p.add_argument("--markdown", default=None)
+    args = p.parse_args()
+    clf = load_classifier(args.model)
+    threat_card = card_for(args.model).get("threat") or {"norm": "linf", "epsilon": 0.1}
+    threat = ThreatModel(threat_card["norm"], threat_card["epsilon"])
+    result = {"model": args.model, "n": args.n, "threat": threat_card, "rows": [], "photos": []}
+    if args.n:
+        result["rows"] = fashion_mnist_rows(args, clf, threat)
+    if args.photos:
+        result["photos"] = photo_rows(args, clf, threat)
+    cols = ["strength", "psnr_changed", "unchanged", "ssim", "budget_used", "mean_scale", "verified", "clean",
+            *[f"greybox_{a}" for a in args.attacks.split(",")],
+            *[f"gap_closure_{a}" for a in args.attacks.split(",")], "seconds_per_image"]
+    md = emit(result, cols, args.json, None) if result["rows"] else ""
+    if result["photos"]:
+        md += emit({"rows": result["photos"]}, ["photo", "size", "strength", "psnr_changed", "ssim", "budget_used",
+                                                "mean_scale", "verified", "seconds_per_image"])
+    if args.markdown:
+        Path(args.markdown).write_text(md)
+
+
+if __name__ == "__main__":
+    main()
