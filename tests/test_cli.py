@@ -92,6 +92,8 @@ def test_evaluate_writes_a_table_whose_json_matches(tmp_path, torchscript_model)
     assert abs(ours["clean"] - none["clean"]) <= 0.05  # robustification keeps c(x_orig)
     assert 0 <= none["greybox_pgd"] <= none["clean"] and ours["linf"] <= 0.1 + 1e-6
     assert f"{100 * ours['greybox_pgd']:.2f}" in (tmp_path / "t.md").read_text()
+    # what the robustified images cost in visibility: a change inside 0.1 is at least 20 dB, and visible
+    assert 20 <= ours["psnr"] < 60 and 0 < ours["ssim"] < 1 and "visibility" in r.stdout
 
 
 def test_certify_reports_certified_accuracy(tmp_path, torchscript_model):

@@ -23,7 +23,7 @@ import torch
 
 from .attacks import pgd
 from .autoattack import AutoAttack
-from .images import quantize_within_budget
+from .images import budget_used, quantize_within_budget
 from .reconstruct import reconstruct, whitebox_attack
 from .robustify import RobustifyConfig, robustify
 from .threat import ThreatModel
@@ -84,7 +84,8 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, threat: T
     attacks; ``extra(x, y)`` -> ``{column: count}`` adds columns (e.g. certified accuracy).
 
     Also returns, in each row, ``"passes"`` (robustification cost per image) and for the ``ours`` row
-    ``"linf"``/``"l2"`` (largest budget used), ``"seconds_per_image"`` (wall time of robustification
+    ``"linf"``/``"l2"`` (largest budget used), ``"psnr"`` (mean over the images that changed) and ``"ssim"``
+    (mean) of the robustified images against the originals, ``"seconds_per_image"`` (wall time of robustification
     alone) and, with the white-box attack, ``"whitebox_A_by_eps"``: the accuracy at each eps' of the
     sweep (the column itself is the lowest).
     """
@@ -96,6 +97,7 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, threat: T
     counts = {p: {} for p in ("none", "ours")}
     by_eps: dict = {}  # (attack, eps') -> white-box robust count
     budget = {"linf": 0.0, "l2": 0.0}
+    quality = {"psnr": 0.0, "ssim": 0.0, "changed": 0}
     passes_sum, robustify_seconds = 0.0, 0.0
 
     def add(preempt: str, column: str, mask) -> None:
@@ -110,6 +112,12 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, threat: T
         passes_sum += res.passes * len(xo)
         budget["linf"] = max(budget["linf"], float(res.linf.max()))
         budget["l2"] = max(budget["l2"], float(res.l2.max()))
+        for k in range(len(xo)):  # what the written images cost in visibility
+            used = budget_used(xr[k].cpu(), xo[k].cpu())
+            quality["ssim"] += used["ssim"]
+            if used["psnr"] is not None:
+                quality["psnr"] += used["psnr"]
+                quality["changed"] += 1
         x_hat = None  # Algorithm 3's reconstruction: one per batch, shared by every white-box attack
         for preempt, xb in (("none", xo), ("ours", xr)):
             with torch.no_grad():
@@ -142,6 +150,8 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, threat: T
         row["passes"] = 0 if preempt == "none" else passes_sum / n
         if preempt == "ours":
             row.update(budget)
+            row["ssim"] = quality["ssim"] / n
+            row["psnr"] = quality["psnr"] / quality["changed"] if quality["changed"] else None  # over changed images
             row["seconds_per_image"] = robustify_seconds / n
             for name in whitebox:
                 row[f"whitebox_{name}_by_eps"] = {f"{eps:g}": k / n for (a, eps), k in sorted(by_eps.items())
@@ -176,4 +186,7 @@ def format_table(table: dict) -> str:
                     g = gap_closure(none, r, c)
                     if g is not None:
                         notes.append(f"gap closure ({r['model']}, {c}): {g:.2f}")
+        if r["preempt"] == "ours" and "ssim" in r:
+            psnr = "-" if r.get("psnr") is None else f"{r['psnr']:.1f} dB"
+            notes.append(f"visibility ({r['model']}): PSNR {psnr} (images that changed), SSIM {r['ssim']:.3f}")
     return head + "\n".join(lines) + ("\n\n" + "\n".join(notes) if notes else "")
