@@ -1,6 +1,6 @@
 """What protection costs in visibility, and what each strength keeps of the protection (docs/quality.md).
 
-    python -m bench.quality [-n 200] [--model fmnist-linf-ours-12ep] [--strengths high,medium,low]
+    python -m bench.quality [-n 200] [--model fmnist-linf-ours-12ep] [--delta D] [--strengths high,medium,low]
         [--attacks pgd,aa] [--photos examples/photos] [--photo-strengths high,medium,low]
         [--json F] [--markdown F] [--crops DIR]
 
@@ -120,6 +120,7 @@ def main() -> None:
     p.add_argument("--strengths", default=",".join(STRENGTHS))
     p.add_argument("--photo-strengths", default=",".join(STRENGTHS))
     p.add_argument("--attacks", default="pgd,aa")
+    p.add_argument("--delta", type=float, default=None, help="the protection's budget (default: epsilon)")
     p.add_argument("--batch", type=int, default=100)
     p.add_argument("--photos", default=None, help="a folder of photos (examples/photos)")
     p.add_argument("--crops", default=None, help="write before/after crops of the photos here")
@@ -128,8 +129,9 @@ def main() -> None:
     args = p.parse_args()
     clf = load_classifier(args.model)
     threat_card = card_for(args.model).get("threat") or {"norm": "linf", "epsilon": 0.1}
-    threat = ThreatModel(threat_card["norm"], threat_card["epsilon"])
-    result = {"model": args.model, "n": args.n, "threat": threat_card, "rows": [], "photos": []}
+    threat = ThreatModel(threat_card["norm"], threat_card["epsilon"], args.delta)
+    result = {"model": args.model, "n": args.n, "threat": {**threat_card, "delta": threat.delta}, "rows": [],
+              "photos": []}
     if args.n:
         result["rows"] = fashion_mnist_rows(args, clf, threat)
     if args.photos:

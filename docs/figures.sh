@@ -12,6 +12,6 @@ cp "$out/compare/01-pullover.compare.png" docs/images/before-after.png
 python3 - "$out/report.json" <<'PY'
 import json, sys
 e = json.load(open(sys.argv[1]))["images"][0]
-print(f"label {e['label_name']}, linf {e['linf']:.3f}, PSNR {e['psnr']:.1f} dB, verified robust: {e['verified']['robust']}")
+print(f"label {e['label_name']}, linf {e['linf']:.3f}, PSNR {e['psnr']:.1f} dB, SSIM {e['ssim']:.3f}, scale {e.get('scale', 1)}, verified robust: {e['verified']['robust']}")
 PY
 echo "wrote docs/images/before-after.png"
