@@ -70,6 +70,10 @@ def made(tmp_path_factory):
         torch.onnx.export(resnet, (r,), str(d / "resnet18.onnx"), dynamo=True, verbose=False,
                           dynamic_shapes={"x": {0: torch.export.Dim("batch")}})
         torch.jit.trace(resnet, r).save(str(d / "resnet18.pt"))
+        x2 = torch.rand(2, 1, 28, 28)
+        torch.export.save(torch.export.export(cnn, (x2,), dynamic_shapes={"x": {0: torch.export.Dim("batch")}}),
+                          str(d / "cnn.pt2"))
+        torch.export.save(torch.export.export(cnn, (x,)), str(d / "cnn_batch1.pt2"))
     (d / "corrupt.onnx").write_bytes(b"\x08\x07garbage" * 100)
     (d / "corrupt.pt").write_bytes((d / "resnet18.pt").read_bytes()[:5000])
     (d / "classes.txt").write_text("\n".join(CLASSES) + "\n")
@@ -127,6 +131,7 @@ def test_an_onnx_cnn_is_checked_registered_listed_served_and_removed(made, model
     ("argmax.pt", ["--input-size", "28", "28", "--channels", "1"], "FAIL logits: the output is shape [2] (int64)"),
     ("cnn.onnx", ["--num-classes", "5"], "FAIL logits: the model returns 10 classes; 5 were declared"),
     ("corrupt.onnx", [], "FAIL loads:"),
+    ("cnn_batch1.pt2", ["--input-size", "28", "28", "--channels", "1"], "export with dynamic_shapes"),
     ("corrupt.pt", ["--input-size", "64", "64", "--channels", "3"], "FAIL loads:"),
     ("resnet18.pt", ["--channels", "3"], "input size: the torchscript file does not fix it; give --input-size H W"),
     ("resnet18.pt", ["--input-size", "64", "64", "--channels", "1"], "FAIL runs: a batch of shape [2, 1, 64, 64] fails"),
@@ -174,3 +179,10 @@ def test_onnx_and_torchscript_exports_of_one_resnet18_robustify_alike(made, mode
         assert (r.x_rob - x).abs().max() <= 4 / 255 + 1e-6
     remove_model("r18-onnx")
     assert set(added_models()) == {"r18-ts"}
+
+
+def test_a_torch_export_program_is_registered_and_loads_by_name(made, models_dir):
+    card = add_model(made / "cnn.pt2", "shop-export", input_size=[28, 28], channels=1, num_classes=10)
+    assert card["format"] == "export" and card["file"] == "shop-export.pt2"
+    clf = load_classifier("shop-export")
+    assert clf.model(torch.rand(3, 1, 28, 28)).shape == (3, 10)

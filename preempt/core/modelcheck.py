@@ -129,8 +129,10 @@ def check_model(path: Path, spec: ModelSpec, num_classes: Optional[int] = None, 
         with torch.no_grad():
             out = model(x)
     except Exception as e:  # noqa: BLE001 - whatever the model raises
+        hint = ("; a torch.export program fixed to one batch size? export with dynamic_shapes={'x': {0: "
+                "torch.export.Dim('batch')}}") if fmt == "export" else ""
         report.add("runs", False, f"a batch of shape [2, {c}, {h}, {w}] fails: {type(e).__name__}: "
-                                  f"{str(e).splitlines()[0][:200] if str(e) else ''}")
+                                  f"{str(e).splitlines()[0][:200] if str(e) else ''}{hint}")
         return report
     report.add("runs", True, f"a batch of shape [2, {c}, {h}, {w}]")
 
