@@ -230,16 +230,22 @@ def remove_model(name: str, folder: Optional[Path] = None) -> None:
     Path(str(models[name]) + ".data").unlink(missing_ok=True)
 
 
-def _atomic_copy(src: Path, dst: Path) -> None:
+def _atomic(dst: Path, write: Callable[[str], None]) -> None:
+    """``write(tmp)`` into a temporary file beside ``dst``, made readable by the workers (which may run as
+    another user), then renamed over ``dst``: a reader sees the old file or the whole new one."""
     fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.")
     os.close(fd)
     try:
-        shutil.copyfile(src, tmp)
-        os.chmod(tmp, 0o644)  # readable by the workers, which may run as another user
+        write(tmp)
+        os.chmod(tmp, 0o644)
         os.replace(tmp, dst)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _atomic_copy(src: Path, dst: Path) -> None:
+    _atomic(dst, lambda tmp: shutil.copyfile(src, tmp))
 
 
 def _save_onnx(src: Path, dst: Path) -> None:
@@ -248,21 +254,10 @@ def _save_onnx(src: Path, dst: Path) -> None:
     import onnx
 
     model = onnx.load(str(src))  # with its external data
-    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.")
-    os.close(fd)
-    try:
-        big = model.ByteSize() > 1_800_000_000
-        onnx.save_model(model, tmp, save_as_external_data=big, location=dst.name + ".data" if big else None)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, dst)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    big = model.ByteSize() > 1_800_000_000
+    _atomic(dst, lambda tmp: onnx.save_model(model, tmp, save_as_external_data=big,
+                                             location=dst.name + ".data" if big else None))
 
 
 def _atomic_write(dst: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, dst)
+    _atomic(dst, lambda tmp: Path(tmp).write_text(text))

@@ -48,7 +48,7 @@ DEFAULT_VERIFY = "apgd"
 RETRY_CONFIG = {"inner_loss": "targeted", "samples": 3, "aggregate": "max", "stop_patience": 0, "plateau_window": 0}
 
 
-# The scales of the change x_rob - x that shrink() tries, smallest first (1 is the robustified image itself).
+# The scales of the change x_rob - x that smallest_scale() tries, smallest first (1: the whole change).
 SHRINK_SCALES = (0.0, 0.25, 0.5, 0.75)
 STRENGTHS = ("high", "medium", "low")
 
@@ -187,8 +187,6 @@ def protect_images(model: torch.nn.Module, images: List[DecodedImage], threat: T
             report["strength"], report["scale"] = strength, float(scale[i])
         out.append(ProtectResult(png=png, pixels=decoded[i].cpu(), report=report))
     return out
-
-
 
 
 def smallest_scale(judge, x_orig, x_full, label, threat, margin: bool) -> torch.Tensor:
