@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Optional, Sequence
 
 import torch
 
@@ -40,6 +40,10 @@ class EvalConfig:
     robustify: RobustifyConfig = field(default_factory=RobustifyConfig)
     num_classes: int = 10
     quantize: bool = False  # evaluate the 8-bit image a user transmits (rounded inside delta), not the float one
+    # The platform's transforms (transforms.Transform), each evaluated as extra columns (transform_robustness);
+    # ``survive``: the transform the robustifier optimises through (robustify(transform=...)).
+    transforms: tuple = ()
+    survive: Optional[object] = None
 
 
 def attack_fn(name: str, model: torch.nn.Module, threat: ThreatModel, num_classes: int = 10) -> Callable:
@@ -50,6 +54,44 @@ def attack_fn(name: str, model: torch.nn.Module, threat: ThreatModel, num_classe
     if name == "aa":
         return lambda x, y, eps: AutoAttack(model, threat.norm, eps, num_classes).run(x, y)
     raise ValueError(f"unknown attack {name!r}; choose from pgd, aa")
+
+
+def transform_robustness(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel,
+                         transform, attacks: Sequence[str], plain_adv: Dict[str, torch.Tensor],
+                         num_classes: int = 10) -> Dict[str, torch.Tensor]:
+    """Per image, whether the platform's transform ``T`` still yields ``y`` after an attack (the threat model of
+    docs/transforms.md: the man in the middle changes the file by at most epsilon, then the platform applies
+    ``T`` with its real codec and classifies).
+
+    For each attack name in ``attacks`` two attackers: the **adaptive** one attacks ``model(T(x))`` itself
+    (gradients through the differentiable stand-in, the real codec in every forward pass, so its successes are
+    real), once at each fixed point of ``T`` (:meth:`~transforms.Transform.points`: the ends and the middle of
+    each range, as a platform picks one setting); the **non-adaptive** one is ``plain_adv[name]``, the same
+    attack on the untransformed model, then transformed. Returns ``"clean"`` (classified ``y`` after ``T`` at
+    every point) and, per attack, ``A_adaptive``, ``A_nonadaptive`` and ``A``: robust against both (an
+    attacker who tries both; the weaker of the two for the defender).
+    """
+    from .transforms import Transformed
+
+    out = {"clean": torch.ones(len(x), dtype=torch.bool, device=x.device)}
+    for name in attacks:
+        out[f"{name}_adaptive"] = torch.ones_like(out["clean"])
+        out[f"{name}_nonadaptive"] = torch.ones_like(out["clean"])
+    for point in transform.points():
+        judged = Transformed(model, point)
+        with torch.no_grad():
+            out["clean"] &= judged(x).argmax(1) == y
+            for name in attacks:
+                out[f"{name}_nonadaptive"] &= judged(plain_adv[name]).argmax(1) == y
+        for name in attacks:
+            x_adv = attack_fn(name, judged, threat, num_classes)(x, y, threat.epsilon)
+            with torch.no_grad():
+                out[f"{name}_adaptive"] &= judged(x_adv).argmax(1) == y
+    for name in attacks:
+        out[f"{name}_adaptive"] &= out["clean"]
+        out[f"{name}_nonadaptive"] &= out["clean"]
+        out[name] = out[f"{name}_adaptive"] & out[f"{name}_nonadaptive"]
+    return out
 
 
 def robust_masks(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: Dict[str, Callable],
@@ -106,7 +148,7 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, threat: T
     for i in range(0, len(x), cfg.batch_size):
         xo, yb = x[i:i + cfg.batch_size].to(device), y[i:i + cfg.batch_size].to(device)
         start = time.perf_counter()
-        res = robustify(model, xo, threat, rcfg, y=predict(xo))
+        res = robustify(model, xo, threat, rcfg, y=predict(xo), transform=cfg.survive)
         robustify_seconds += time.perf_counter() - start
         xr = quantize_within_budget(res.x_rob, xo, threat.norm, threat.delta) if cfg.quantize else res.x_rob
         passes_sum += res.passes * len(xo)
@@ -123,8 +165,9 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, threat: T
             with torch.no_grad():
                 acc = predict(xb) == yb
             add(preempt, "clean", acc)
+            plain_adv = {}
             for name, attack in attacks.items():
-                x_adv = attack(xb, yb, threat.epsilon)
+                x_adv = plain_adv[name] = attack(xb, yb, threat.epsilon)
                 with torch.no_grad():
                     grey = acc & (predict(x_adv) == yb)
                 add(preempt, f"greybox_{name}", grey)
@@ -139,6 +182,10 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, threat: T
                     add(preempt, f"whitebox_{name}", acc & wb["robust_worst"])
                     for eps, ok in wb["robust"].items():
                         by_eps[name, eps] = by_eps.get((name, eps), 0) + int((acc & ok).sum())
+            for t in cfg.transforms:
+                masks = transform_robustness(model, xb, yb, threat, t, list(attacks), plain_adv, cfg.num_classes)
+                for key, mask in masks.items():
+                    add(preempt, f"{t.spec}:" + (key if key == "clean" else f"greybox_{key}"), mask)
             for column, k in (extra(xb, yb) if extra else {}).items():
                 counts[preempt][column] = counts[preempt].get(column, 0) + k
         if progress is not None:
@@ -189,4 +236,29 @@ def format_table(table: dict) -> str:
         if r["preempt"] == "ours" and "ssim" in r:
             psnr = "-" if r.get("psnr") is None else f"{r['psnr']:.1f} dB"
             notes.append(f"visibility ({r['model']}): PSNR {psnr} (images that changed), SSIM {r['ssim']:.3f}")
-    return head + "\n".join(lines) + ("\n\n" + "\n".join(notes) if notes else "")
+    return head + "\n".join(lines) + ("\n\n" + "\n".join(notes) if notes else "") + format_transforms(rows)
+
+
+def format_transforms(rows: list) -> str:
+    """The transform columns of ``rows`` (``SPEC:clean``, ``SPEC:greybox_A``) as a second table: accuracy after
+    the platform's transform, and gap closure against the originals under the same transform."""
+    specs = list(dict.fromkeys(c.split(":greybox_")[0] for r in rows for c in r if ":greybox_" in c and
+                               not c.endswith(("_adaptive", "_nonadaptive"))))
+    if not specs:
+        return ""
+    attacks = list(dict.fromkeys(c.split(":greybox_")[1] for c in rows[0] if ":greybox_" in c and
+                                 not c.endswith(("_adaptive", "_nonadaptive"))))
+    lines = ["", "", "After the platform's transform (the attack: adaptive or not, whichever breaks the image):", "",
+             "| Model | Preempt. | transform | clean | " + " | ".join(f"greybox_{a} | gap closure {a}" for a in attacks)
+             + " |", "|---|---|---|---|" + "---|---|" * len(attacks)]
+    none = next((r for r in rows if r["preempt"] == "none"), None)
+    for r in rows:
+        for spec in specs:
+            cells = [f"{100 * r[f'{spec}:clean']:.2f}"]
+            for a in attacks:
+                col = f"{spec}:greybox_{a}"
+                g = gap_closure({"clean": none[f"{spec}:clean"], col: none[col]}, {col: r[col]}, col) if (
+                    none is not None and r is not none) else None
+                cells += [f"{100 * r[col]:.2f}", "-" if g is None else f"{g:.2f}"]
+            lines.append(f"| {r['model']} | {r['preempt']} | {spec} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -107,6 +107,16 @@ def encode_png(pixels: torch.Tensor, alpha: Optional[np.ndarray] = None) -> byte
     return buf.getvalue()
 
 
+def encode_jpeg(pixels: torch.Tensor, quality: int) -> bytes:
+    """JPEG of ``pixels`` ``[C, H, W]`` in [0, 1] at ``quality`` (Pillow; grayscale as one component, colour with
+    Pillow's default 4:2:0 chroma subsampling). JPEG holds no transparency."""
+    arr = np.round(pixels.detach().cpu().clamp(0, 1).numpy() * 255).astype(np.uint8)
+    img = Image.fromarray(arr[0], mode="L") if arr.shape[0] == 1 else Image.fromarray(arr.transpose(1, 2, 0), mode="RGB")
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=int(quality))
+    return buf.getvalue()
+
+
 def ssim(a: torch.Tensor, b: torch.Tensor) -> float:
     """Structural similarity (Wang et al. 2004: Gaussian window 11, sigma 1.5, K = 0.01, 0.03) of two images
     ``[C, H, W]`` in [0, 1], averaged over channels, by pytorch-msssim. Images under 11 pixels on a side use the

@@ -1,4 +1,4 @@
-"""One real image in, one protected 8-bit PNG and its protection report out.
+"""One real image in, one protected 8-bit file (PNG, or JPEG) and its protection report out.
 
 The pipeline the command line and the service share:
 
@@ -21,6 +21,12 @@ again from the original with :data:`RETRY_CONFIG` (every outer iteration, no ear
 targeted inner attack toward each of the 3 runner-up classes, the worst start driving the update); a
 new output replaces the first only if it passes the same check. It costs passes only on the rejected
 images, 3 x (T + 1) per outer iteration (docs/science.md measures it).
+
+What the platform does to the file before classifying it (``survive``, a :class:`transforms.Transform`:
+JPEG re-encoding, resizing) enters both the robustification (through the codec, an expectation over its
+range) and the check (:func:`verify_through`: the same attacks through the real codec at the ends and the
+middle of each range). A client that must send JPEG (``output="jpeg"``) gets the protection optimised for
+and checked on the JPEG it sends (docs/transforms.md).
 """
 
 from __future__ import annotations
@@ -32,9 +38,10 @@ import torch
 
 from .attacks import pgd
 from .autoattack import AutoAttack
-from .images import DecodedImage, budget_used, decode, encode_png, quantize_within_budget
+from .images import DecodedImage, budget_used, decode, encode_jpeg, encode_png, quantize_within_budget
 from .robustify import Progress, RobustifyConfig, robustify
 from .threat import ThreatModel
+from .transforms import Transform, Transformed
 
 VERIFY_ATTACKS = {
     "pgd": "pgd-20x5",  # PGD-20, step eps/4, 5 random restarts
@@ -53,11 +60,35 @@ SHRINK_SCALES = (0.0, 0.25, 0.5, 0.75)
 STRENGTHS = ("high", "medium", "low")
 
 
+OUTPUT_FORMATS = ("png", "jpeg")
+
+
 @dataclass
 class ProtectResult:
-    png: bytes
+    data: bytes  # the file written: PNG, or JPEG with output="jpeg"
     pixels: torch.Tensor  # the decoded output [C, H, W]
     report: dict
+
+
+@dataclass
+class _Written:
+    """A batch's files as written and checked: the bytes, the pixels encoded, the pixels decoded again, whether
+    each keeps its label and (with a check) passes it."""
+
+    data: list
+    sent: torch.Tensor
+    decoded: torch.Tensor
+    kept: torch.Tensor
+    robust: Optional[torch.Tensor]
+
+    def take(self, rows: List[int], other: "_Written", only: Optional[torch.Tensor] = None) -> None:
+        """Replace the images ``rows`` by ``other``'s (in order), those where ``only`` is true if given."""
+        for j, i in enumerate(rows):
+            if only is None or bool(only[j]):
+                self.data[i] = other.data[j]
+                self.sent[i], self.decoded[i], self.kept[i] = other.sent[j], other.decoded[j], other.kept[j]
+                if self.robust is not None:
+                    self.robust[i] = other.robust[j]
 
 
 def batches_by_shape(shapes: Sequence[tuple], batch_size: int) -> List[List[int]]:
@@ -95,11 +126,27 @@ def verify_robust(model: torch.nn.Module, x: torch.Tensor, label: torch.Tensor, 
     return robust
 
 
+def verify_through(model: torch.nn.Module, x: torch.Tensor, label: torch.Tensor, threat: ThreatModel,
+                   attack: str = DEFAULT_VERIFY, survive: Optional[Transform] = None) -> torch.Tensor:
+    """:func:`verify_robust` on the file as sent and, with ``survive``, on the file the platform transforms: at
+    each fixed point of the transform (the ends and the middle of each range) the same check attacks
+    ``model(T(x))`` with the real codec in the forward pass, on the images still robust."""
+    robust = verify_robust(model, x, label, threat, attack)
+    for point in ([] if survive is None else survive.points()):
+        idx = robust.nonzero().flatten()
+        if idx.numel() == 0:
+            break
+        robust[idx] = verify_robust(Transformed(model, point), x[idx], label[idx], threat, attack)
+    return robust
+
+
 def protect_images(model: torch.nn.Module, images: List[DecodedImage], threat: ThreatModel,
                    config: Optional[RobustifyConfig] = None, device: str = "cpu", verify: bool = True,
                    progress: Optional[Progress] = None, judge: Optional[torch.nn.Module] = None,
                    verify_attack: str = DEFAULT_VERIFY, retry: bool = False,
-                   retry_config: Optional[dict] = None, strength: str = "high") -> List[ProtectResult]:
+                   retry_config: Optional[dict] = None, strength: str = "high",
+                   survive: Optional[Transform] = None, output: str = "png",
+                   quality: int = 90) -> List[ProtectResult]:
     """Robustify decoded images of one shape as one batch; return PNG bytes and a report for each.
 
     ``judge`` (default: ``model``) is the classifier the label, the label check and the
@@ -112,9 +159,24 @@ def protect_images(model: torch.nn.Module, images: List[DecodedImage], threat: T
     ``strength`` (with ``verify``): ``"high"`` writes the robustified image; ``"medium"`` and ``"low"`` write
     the smallest scale of its change that passes the same check (:func:`smallest_scale`); each report says
     the ``scale`` kept.
+
+    ``survive`` (a :class:`~transforms.Transform`): the platform re-encodes or resizes the file before its
+    classifier; the robustifier optimises through it (``robustify(transform=...)``) and the check passes only
+    if the file is robust both as sent and after the transform at each of its fixed points (real codec).
+
+    ``output="jpeg"`` (a client that can only send JPEG): the file written is a JPEG at ``quality``; the
+    robustifier optimises the pixels the JPEG will hold (``robustify(sent_as=...)``), every check runs on the
+    JPEG decoded again, and each report says ``"format"``, ``"quality"`` and ``"linf_before_encoding"`` (the
+    budget holds for the pixels encoded; the JPEG's own loss comes on top, as it would without Preempt).
+    Transparency is dropped (JPEG has none).
     """
     if strength not in STRENGTHS:
         raise ValueError(f"strength must be one of {STRENGTHS}, got {strength!r}")
+    if output not in OUTPUT_FORMATS:
+        raise ValueError(f"output must be one of {OUTPUT_FORMATS}, got {output!r}")
+    if not 1 <= int(quality) <= 100:
+        raise ValueError(f"quality must be from 1 to 100, got {quality}")
+    sent_as = Transform(f"jpeg:{int(quality)}") if output == "jpeg" else None
     judge = judge if judge is not None else model
     shapes = {tuple(img.pixels.shape) for img in images}
     if len(shapes) != 1:
@@ -124,52 +186,53 @@ def protect_images(model: torch.nn.Module, images: List[DecodedImage], threat: T
     if config is None or config.sigma is None:
         with torch.no_grad():
             y = judge(x_orig).argmax(1)
-    def write_and_check(x_rob, x_o, alphas, label):
-        """8-bit PNGs of ``x_rob``, decoded again; whether each keeps ``label``; the check's verdict."""
+    def write_and_check(x_rob, x_o, alphas, label) -> _Written:
+        """8-bit files of ``x_rob``, decoded again; whether each keeps ``label``; the check's verdict."""
         x_q = quantize_within_budget(x_rob, x_o, threat.norm, threat.delta)
-        pngs = [encode_png(x_q[i], alpha) for i, alpha in enumerate(alphas)]
-        decoded = torch.stack([decode(png).pixels for png in pngs]).to(device)
+        data = [encode_jpeg(x_q[i], quality) if sent_as else encode_png(x_q[i], alpha) for i, alpha in enumerate(alphas)]
+        decoded = torch.stack([decode(d).pixels for d in data]).to(device)
         with torch.no_grad():
             kept = judge(decoded).argmax(1) == label
-        robust = verify_robust(judge, decoded, label, threat, verify_attack) if verify else None
-        return pngs, decoded, kept, robust
+        robust = verify_through(judge, decoded, label, threat, verify_attack, survive) if verify else None
+        return _Written(data, x_q, decoded, kept, robust)
 
-    result = robustify(model, x_orig, threat, config, y=y, progress=progress)
+    result = robustify(model, x_orig, threat, config, y=y, progress=progress, transform=survive, sent_as=sent_as)
     label = result.label
     alphas = [img.alpha for img in images]
     x_out, scale = result.x_rob, torch.ones(len(images))
     if strength != "high" and verify:
         x_full = quantize_within_budget(result.x_rob, x_orig, threat.norm, threat.delta)
-        scale = smallest_scale(judge, x_orig, x_full, label, threat, margin=strength == "medium")
+        scale = smallest_scale(judge, x_orig, x_full, label, threat, margin=strength == "medium", survive=survive,
+                               sent_as=sent_as)
         x_out = x_orig + scale.to(x_orig.device).view(-1, 1, 1, 1) * (x_full - x_orig)
-    pngs, decoded, kept, robust = write_and_check(x_out, x_orig, alphas, label)
+    written = write_and_check(x_out, x_orig, alphas, label)
+    robust = written.robust
     back = ((scale < 1) & ~robust.cpu()).nonzero().flatten() if robust is not None else torch.zeros(0, dtype=torch.long)
     if back.numel():  # a smaller change the whole check rejects: the whole change, checked in turn
-        pngs2, decoded2, kept2, robust2 = write_and_check(result.x_rob[back], x_orig[back],
-                                                          [alphas[i] for i in back.tolist()], label[back])
-        for j, i in enumerate(back.tolist()):
-            pngs[i], decoded[i], kept[i], robust[i], scale[i] = pngs2[j], decoded2[j], kept2[j], robust2[j], 1.0
+        rows = back.tolist()
+        written.take(rows, write_and_check(result.x_rob[back], x_orig[back], [alphas[i] for i in rows], label[back]))
+        scale[back] = 1.0
     passes = result.passes_per_image.clone()
     retried = torch.zeros(len(images), dtype=torch.bool)
     if retry and robust is not None and (config is None or config.sigma is None):
-        idx = (kept & ~robust).nonzero().flatten()
+        idx = (written.kept & ~robust).nonzero().flatten()
         if idx.numel():
             cfg2 = replace(config or RobustifyConfig(), **(RETRY_CONFIG if retry_config is None else retry_config))
             # The retry reports the first try's end (the bar stays full) so that a caller that stops
             # work from its progress callback (a cancelled service job) still can during the retry.
             done = (config or RobustifyConfig()).iterations
             hold = None if progress is None else (lambda i, n, loss: progress(done, done, loss))
-            again = robustify(model, x_orig[idx], threat, cfg2, y=label[idx], progress=hold)
+            again = robustify(model, x_orig[idx], threat, cfg2, y=label[idx], progress=hold, transform=survive,
+                              sent_as=sent_as)
+            rows = idx.tolist()
+            second = write_and_check(again.x_rob, x_orig[idx], [alphas[i] for i in rows], label[idx])
             # the check also requires the label, so a second output that passes keeps it
-            pngs2, decoded2, _, robust2 = write_and_check(again.x_rob, x_orig[idx],
-                                                          [images[i].alpha for i in idx.tolist()], label[idx])
+            written.take(rows, second, only=second.robust)
             passes[idx] += again.passes_per_image.to(passes.device)
             retried[idx.cpu()] = True
-            for j, i in enumerate(idx.tolist()):
-                if robust2[j]:
-                    pngs[i], decoded[i], robust[i], kept[i] = pngs2[j], decoded2[j], True, True
+    kept, decoded = written.kept, written.decoded
     out = []
-    for i, png in enumerate(pngs):
+    for i, data in enumerate(written.data):
         report = {
             "norm": threat.norm, "epsilon": threat.epsilon, "delta": threat.delta,
             **budget_used(decoded[i], x_orig[i]),
@@ -181,18 +244,25 @@ def protect_images(model: torch.nn.Module, images: List[DecodedImage], threat: T
         }
         if robust is not None:
             report["verified"] = {"attack": VERIFY_ATTACKS[verify_attack], "robust": bool(robust[i])}
+            if survive is not None:
+                report["verified"]["after"] = [p.spec for p in survive.points()]
+        if survive is not None:
+            report["survive"] = survive.spec
+        if sent_as is not None:
+            report.update({"format": "jpeg", "quality": int(quality),
+                           "linf_before_encoding": float((written.sent[i] - x_orig[i]).abs().max())})
         if retry:
             report["retried"] = bool(retried[i])
         if strength != "high" and verify:
             report["strength"], report["scale"] = strength, float(scale[i])
-        out.append(ProtectResult(png=png, pixels=decoded[i].cpu(), report=report))
+        out.append(ProtectResult(data=data, pixels=decoded[i].cpu(), report=report))
     return out
 
 
-def smallest_scale(judge, x_orig, x_full, label, threat, margin: bool) -> torch.Tensor:
+def smallest_scale(judge, x_orig, x_full, label, threat, margin: bool, survive=None, sent_as=None) -> torch.Tensor:
     """Spend less of the budget: for each image, the smallest scale ``a`` of its change ``x_full - x_orig``
     (from :data:`SHRINK_SCALES`, each rounded to 8 bits as it would be written) that the check's first stage
-    (PGD-20 x 5) cannot break, with the label kept; 1 where none can. With ``margin``, the next larger scale
+    (PGD-20 x 5, through each fixed point of ``survive`` too) cannot break, with the label kept; 1 where none can. With ``margin``, the next larger scale
     instead (a point further inside the robust region). :func:`protect_images` then runs the whole check on
     the output at that scale, and falls back to the whole change where it fails: the guarantee is unchanged
     (every output is inside the delta ball, as a scaled change is, and passed the same check as written).
@@ -205,7 +275,9 @@ def smallest_scale(judge, x_orig, x_full, label, threat, margin: bool) -> torch.
             break
         r = rows.to(x_orig.device)
         x_a = quantize_within_budget(x_orig[r] + a * change[r], x_orig[r], threat.norm, threat.delta)
-        passed = verify_robust(judge, x_a, label[r], threat, "pgd").cpu()
+        if sent_as is not None:
+            x_a = sent_as.real(x_a)  # the pixels the JPEG written at this scale holds
+        passed = verify_through(judge, x_a, label[r], threat, "pgd", survive).cpu()
         found[rows[passed]] = a
     if margin:
         steps = list(SHRINK_SCALES) + [1.0]

@@ -160,6 +160,7 @@ class InnerObjective:
 
     def __init__(self, model: torch.nn.Module, threat: ThreatModel, cfg: RobustifyConfig):
         self.model, self.threat, self.cfg = model, threat, cfg
+        self.sent_as = None  # a transforms.Transform applied to x_rob before the attack: the file in transit
         self.loss: LossFn = ce_loss if cfg.sigma is None else smoothed_loss(cfg.sigma, cfg.noise_samples)
 
     @property
@@ -180,6 +181,8 @@ class InnerObjective:
 
     def __call__(self, x_rob: torch.Tensor, y: torch.Tensor) -> tuple:
         n, cfg = self.cfg.samples, self.cfg
+        if self.sent_as is not None:
+            x_rob = self.sent_as(x_rob)
         y, centers = y.repeat_interleave(n), x_rob.repeat_interleave(n, dim=0)
         x_adv = pgd_dynamics(self.model, centers, y, self.threat.geometry, self.threat.epsilon, cfg.steps,
                              cfg.inner_step, loss_fn=self.attack_loss(centers, y), second_order=cfg.second_order)
@@ -353,6 +356,8 @@ def robustify(
     maximize: bool = False,
     x_init: Optional[torch.Tensor] = None,
     objective: Optional[InnerObjective] = None,
+    transform=None,
+    sent_as=None,
 ) -> RobustifyResult:
     """Algorithm 1 on a batch ``x_orig`` ``[B, C, H, W]`` in [0, 1]; ``y`` defaults to ``c(x_orig)``.
 
@@ -362,6 +367,12 @@ def robustify(
     Algorithm 3, where ``x_orig`` is the robustified image whose delta-ball is searched.
     ``x_init`` starts the search there instead of at ``cfg.init`` (a warm start); it is projected onto
     ``B_delta(x_orig)`` and [0, 1] first. ``objective`` replaces the paper's :class:`InnerObjective`.
+    ``transform`` (a :class:`transforms.Transform`, e.g. ``Transform("jpeg:75-95")``): the platform transforms
+    the file after the man in the middle's change and before its classifier, so the inner attack and the
+    outer objective both see ``model(T(x))``, a range drawn afresh at every pass (an expectation over the
+    range). ``y`` still defaults to the label of the untransformed original. ``sent_as`` (a ``Transform``, e.g.
+    ``Transform("jpeg:85")``): the user's client encodes ``x_rob`` so before it travels; the man in the middle
+    attacks ``sent_as(x_rob)``, so the inner attack starts there (the gradient through the codec's stand-in).
     """
     cfg = (config or RobustifyConfig()).resolved(threat)
     if maximize and cfg.optimizer != "pgd":
@@ -369,6 +380,10 @@ def robustify(
     geometry, delta = threat.geometry, threat.delta
     x_orig = x_orig.detach()
     y = (predict_labels(model, x_orig, cfg.sigma) if y is None else y).to(x_orig.device)
+    if transform is not None and not transform.identity:
+        from .transforms import Transformed
+
+        model = Transformed(model, transform)
     if x_init is not None:
         if x_init.shape != x_orig.shape:
             raise ValueError(f"x_init has shape {tuple(x_init.shape)}, x_orig {tuple(x_orig.shape)}")
@@ -376,6 +391,8 @@ def robustify(
     else:
         x_init = geometry.random_in_ball(x_orig, delta) if cfg.init == "random" else x_orig.clone()
     inner = objective or InnerObjective(model, threat, cfg)
+    if sent_as is not None and not sent_as.identity:
+        inner.sent_as = sent_as
     smooth = (not maximize and cfg.smooth_size is not None
               and any(n > m for n, m in zip(x_orig.shape[-2:], cfg.smooth_size)))
     if smooth:

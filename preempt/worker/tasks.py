@@ -145,7 +145,7 @@ def run_robustify(store: JobStore, models: ModelCache, jobs: List[dict], max_pix
         for (job, _), res in zip(group, results):
             report = {**res.report, "batch_size": len(group), "seconds": round(seconds, 3)}
             persist(store.progress, job["job_id"], request.iterations, request.iterations, res.report["robust_loss"])
-            persist(store.end, job["job_id"], "succeeded", ["running"], result=res.png, report=report)
+            persist(store.end, job["job_id"], "succeeded", ["running"], result=res.data, report=report)
 
 
 def run_attack(store: JobStore, models: ModelCache, job: dict, max_pixels: int) -> None:

@@ -53,13 +53,13 @@ def test_retry_only_touches_rejected_images_and_only_keeps_what_passes(adv_model
         assert b.report["linf"] <= threat.delta + 1e-6
         assert b.report["label"] == a.report["label"]
         if i not in rejected:
-            assert b.png == a.png and b.report["passes"] == a.report["passes"]
+            assert b.data == a.data and b.report["passes"] == a.report["passes"]
             assert b.report["verified"] == a.report["verified"]
         else:
             assert b.report["passes"] > a.report["passes"]
             assert b.report["label_kept"]
             if not b.report["verified"]["robust"]:
-                assert b.png == a.png  # a failed second try does not replace the first output
+                assert b.data == a.data  # a failed second try does not replace the first output
     assert sum(r.report["verified"]["robust"] for r in again) >= sum(r.report["verified"]["robust"] for r in first)
 
 
@@ -142,7 +142,7 @@ def test_lower_strength_keeps_less_of_the_same_change_and_the_same_guarantee(adv
             assert r.report["label"] == h.report["label"] and r.report["label_kept"] >= h.report["label_kept"]
             assert 0.0 <= r.report["scale"] <= 1.0 and r.report["strength"] == strength
             if r.report["scale"] < 1:
-                assert r.report["verified"]["robust"] and decode(r.png).pixels.equal(r.pixels)
+                assert r.report["verified"]["robust"] and decode(r.data).pixels.equal(r.pixels)
         # a smaller change that the whole check rejects falls back to the whole change, checked again (its
         # random starts differ from high's run, so a marginal image may be judged differently, rarely)
         verified = sum(r.report["verified"]["robust"] for r in runs[strength])
