@@ -80,7 +80,8 @@ def _load(args):
 # ---------------------------------------------------------------- robustify
 # The options every command that robustifies passes to RobustifyRequest.resolve (None: the default).
 REQUEST_OPTIONS = ("norm", "epsilon", "delta", "preset", "iterations", "steps", "samples", "stop_patience",
-                   "stop_loss", "plateau_window", "verify", "retry", "strength", "smooth")
+                   "stop_loss", "plateau_window", "verify", "retry", "strength", "smooth", "survive", "format",
+                   "quality")
 
 
 def _request(args, card: Optional[dict] = None) -> RobustifyRequest:
@@ -97,7 +98,7 @@ def _request(args, card: Optional[dict] = None) -> RobustifyRequest:
 
 # The options a Preempt service takes; the others run only on this machine.
 SERVICE_OPTIONS = ("model", "preset", "norm", "epsilon", "delta", "iterations", "verify", "no_verify", "retry",
-                   "strength", "smooth")
+                   "strength", "smooth", "survive", "format", "quality")
 
 
 def _remote(args):
@@ -133,7 +134,8 @@ def cmd_robustify(args) -> int:
     else:
         request = _request(args)
     try:
-        work = plan(args.inputs, Path(args.output), recursive=args.recursive)
+        work = plan(args.inputs, Path(args.output), recursive=args.recursive,
+                    suffix=".jpg" if request.format == "jpeg" else ".png")
     except PlanError as e:
         raise UsageError(str(e)) from None
     for path, reason in work.skipped:
@@ -220,13 +222,25 @@ def cmd_evaluate(args) -> int:
     from preempt.core.robustify import RobustifyConfig
     from preempt.core.threat import ThreatModel
 
+    from preempt.core.transforms import Transform, enlarge
+    from preempt.transformspec import SpecError
+
     request = _request(args)
+    try:
+        transforms = tuple(Transform(spec) for spec in args.transform)
+    except SpecError as e:
+        raise UsageError(f"--transform {e}") from None
     torch.manual_seed(args.seed)
     threat = ThreatModel(**request.threat_fields())
     clf = _load(args)
     x, y = fashion_mnist("test", limit=args.n)
+    x = enlarge(x, args.upscale)
+    size = clf.spec.input_size
+    smooth = tuple(size) if request.smooth and size else None
     cfg = EvalConfig(attacks=_comma_list(args.attacks), whitebox=args.whitebox, batch_size=args.batch_size,
-                     robustify=RobustifyConfig(**request.config_fields()))
+                     robustify=RobustifyConfig(**request.config_fields(), smooth_size=smooth),
+                     transforms=transforms, survive=Transform(request.survive) if request.survive else None,
+                     quantize=bool(transforms) or request.survive is not None)
     bar = _bar(len(x), "evaluate", "img")
     rows = evaluate(clf.model, x, y, threat, cfg, model_name=clf.name, device=args.device,
                     progress=lambda k: bar.update(k))
@@ -413,6 +427,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-smooth", dest="smooth", action="store_false", default=None,
                    help="for images larger than the model's input: change every pixel on its own instead of a "
                         "change at the model's resolution upsampled smoothly")
+    p.add_argument("--survive", default=None, metavar="SPEC",
+                   help="what the platform does to the file before classifying it, e.g. jpeg:75-95, resize:0.5-1.0, "
+                        "resize:0.5+jpeg:85: robustify through it and check the file after it at the ends and middle "
+                        "of each range with the real codec (docs/transforms.md)")
+    p.add_argument("--format", choices=["png", "jpeg"], default=None,
+                   help="the files written: png (lossless, default) or jpeg, for a client that can only send JPEG: "
+                        "the protection is optimised for and checked on the JPEG itself; OUTPUT/x.jpg")
+    p.add_argument("--quality", type=_positive_int, default=None, help="the JPEG quality with --format jpeg (default 90)")
     _add_stop(p)
     p.add_argument("--batch-size", type=_positive_int, default=64,
                    help="images of one size robustified together (default %(default)s)")
@@ -457,6 +479,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", type=_positive_int, default=200, help="test images")
     p.add_argument("--attacks", default="pgd,aa", help="comma list of pgd, aa")
     p.add_argument("--whitebox", action="store_true", help="also run the adaptive white-box attack (Alg. 3-4)")
+    p.add_argument("--transform", action="append", default=[], metavar="SPEC",
+                   help="also evaluate after what the platform does to the file (repeatable), e.g. jpeg:75, "
+                        "resize:0.5, jpeg:75-95 (its ends and middle), resize:0.5+jpeg:85; the attacker tries both "
+                        "attacking through it and ignoring it (docs/transforms.md)")
+    p.add_argument("--survive", default=None, metavar="SPEC", help="robustify through this transform (see --transform)")
+    p.add_argument("--upscale", type=_positive_int, default=1,
+                   help="enlarge the test images by this factor first (Pillow bicubic, 8-bit), as a platform sees a "
+                        "photo larger than its model's input (default %(default)s)")
     _add_effort(p)
     _add_stop(p)
     p.add_argument("--batch-size", type=_positive_int, default=200, help="images evaluated together (default %(default)s)")

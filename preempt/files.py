@@ -1,7 +1,7 @@
 """Protecting files on disk: what ``preempt robustify`` does with a folder of people's photos.
 
 * :func:`plan` finds the inputs (a folder's files; with ``recursive`` its sub-folders' too, the
-  structure kept under the output folder), maps each to its output (``OUT/<path in the folder>.png``)
+  structure kept under the output folder), maps each to its output (``OUT/<path in the folder>.png``, or ``.jpg``)
   and refuses, before any work, an output folder that is or lies inside an input folder, an output
   path that is a file, an output that would overwrite an input, and two inputs that would write one
   output. Hidden files (``.name``) are passed over.
@@ -54,10 +54,10 @@ def _inside(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
 
-def plan(inputs: Sequence, out_dir: Path, recursive: bool = False) -> Plan:
+def plan(inputs: Sequence, out_dir: Path, recursive: bool = False, suffix: str = ".png") -> Plan:
     """The images to protect and where each goes (its comparison picture under ``OUT/compare/``), each file
     read and checked once (:func:`~preempt.imagefile.inspect_image`); :class:`PlanError` for anything
-    unsafe or missing."""
+    unsafe or missing. ``suffix``: of the outputs (``.png``, or ``.jpg`` for JPEG output)."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise PlanError(f"{out_dir} is a file; -o names the folder the protected images go to")
@@ -67,7 +67,7 @@ def plan(inputs: Sequence, out_dir: Path, recursive: bool = False) -> Plan:
         if not given.exists():
             raise PlanError(f"{given}: no such file or directory")
         if given.is_file():
-            items.append(_item(given, Path(given.with_suffix(".png").name), out_dir))
+            items.append(_item(given, Path(given.with_suffix(suffix).name), out_dir))
             continue
         if _inside(out, given.resolve()):
             raise PlanError(f"the output folder {out_dir} is inside the input folder {given}: the protected "
@@ -80,7 +80,7 @@ def plan(inputs: Sequence, out_dir: Path, recursive: bool = False) -> Plan:
                 if not recursive:
                     skipped.append((path, "a folder; --recursive protects the images in sub-folders"))
             elif path.is_file():
-                items.append(_item(path, rel.with_suffix(".png"), out_dir))
+                items.append(_item(path, rel.with_suffix(suffix), out_dir))
     readable, unreadable = [], []
     for item in items:
         if item.output.resolve() == item.source.resolve():
@@ -185,7 +185,7 @@ def local_runner(request: RobustifyRequest, protector) -> Runner:
     def run(originals: List[bytes], progress: Callable[[int, int], None]) -> List[tuple]:
         results = protect(request, protector, [decode(data) for data in originals],
                           progress=lambda i, n, loss: progress(i, n))
-        return [(r.png, r.report) for r in results]
+        return [(r.data, r.report) for r in results]
 
     return run
 
@@ -193,7 +193,7 @@ def local_runner(request: RobustifyRequest, protector) -> Runner:
 def remote_runner(client, request: RobustifyRequest, concurrency: int = 4) -> Runner:
     """Robustify on a Preempt service through :class:`preempt.client.Client` (the request's form fields)."""
     fields = request.model_dump(include={"model", "preset", "norm", "epsilon", "delta", "iterations", "verify",
-                                         "retry", "strength", "smooth"})
+                                         "retry", "strength", "smooth", "survive", "format", "quality"})
 
     def run(originals: List[bytes], progress: Callable[[int, int], None]) -> List[tuple]:
         jobs = client.robustify_many(originals, concurrency=concurrency,

@@ -17,6 +17,7 @@ from preempt.core.models import LoadedClassifier, load_classifier
 from preempt.core.protect import DEFAULT_VERIFY, ProtectResult, protect_images
 from preempt.core.robustify import Progress, RobustifyConfig
 from preempt.core.threat import ThreatModel
+from preempt.core.transforms import Transform
 from preempt.request import RobustifyRequest
 
 
@@ -49,7 +50,9 @@ def protect(request: RobustifyRequest, protector: Protector, images: Sequence[De
     results = protect_images(protector.fast.model, list(images), ThreatModel(**request.threat_fields()), config,
                              device=protector.device, verify=verify, progress=progress, judge=protector.judge.model,
                              verify_attack=request.verify if verify else DEFAULT_VERIFY, retry=request.retry,
-                             strength=request.strength if verify else "high")
+                             strength=request.strength if verify else "high",
+                             survive=Transform(request.survive) if request.survive else None,
+                             output=request.format, quality=request.quality)
     for r in results:
         r.report = {"model": request.model, **r.report, "label_name": protector.class_name(r.report["label"])}
     return results

@@ -16,6 +16,8 @@ from __future__ import annotations
 import json
 from typing import Any, Literal, Mapping, Optional
 
+from preempt.transformspec import normalize_spec
+
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 Norm = Literal["linf", "l2"]
@@ -121,9 +123,25 @@ class RobustifyRequest(_Request):
         "smallest (needs verify; with verify off the whole change is written)"))
     smooth: bool = Field(True, description="an image larger than the model's input gets its change at the model's "
                                            "resolution, upsampled smoothly (no block pattern)")
+    survive: Optional[str] = Field(None, max_length=200, description=(
+        "what the platform does to the file before its classifier, e.g. jpeg:75-95, resize:0.5-1.0, "
+        "resize:0.5+jpeg:85: the robustifier optimises through it and the check runs on the file re-encoded "
+        "with the real codec at the ends and the middle of each range (docs/transforms.md)"))
+    format: Literal["png", "jpeg"] = Field("png", description=(
+        "the file written: png (lossless, the default) or jpeg (for clients that can only send JPEG: the "
+        "protection is optimised for and checked on the JPEG itself)"))
+    quality: int = Field(90, ge=1, le=100, description="the JPEG quality with format jpeg")
 
     _budget = field_validator("epsilon", "delta")(_within_budget)
     _iterations = field_validator("iterations")(_within_max_iterations)
+
+    @field_validator("survive")
+    @classmethod
+    def _transform_spec(cls, survive: Optional[str]) -> Optional[str]:
+        if survive is None:
+            return None
+        spec = normalize_spec(survive)
+        return None if spec == "none" else spec
 
     @field_validator("retry")
     @classmethod
@@ -146,6 +164,8 @@ class RobustifyRequest(_Request):
         unknown = set(given) - set(cls.model_fields)
         if unknown:
             raise RequestError([(k, "unknown parameter") for k in sorted(unknown)])
+        if "quality" in given and given.get("format") != "jpeg":
+            raise RequestError([("quality", "is the JPEG quality; it needs format jpeg")])
         norm, epsilon = _threat_defaults(card, given.get("norm"))
         data = {"model": model, "norm": norm, "epsilon": epsilon, "preset": DEFAULT_PRESET, **given}
         threat = card.get("threat") or {}

@@ -65,6 +65,10 @@ def test_bad_arguments_get_one_line_and_nonzero_exit(tmp_path, torchscript_model
         ["robustify", str(image_folder / "a.png"), "-o", str(tmp_path), "--epsilon", "-1"],
         ["robustify", str(image_folder / "a.png"), "-o", str(tmp_path), "--device", "cuda:7"],
         ["robustify", str(image_folder / "a.png"), "-o", str(tmp_path), "--retry", "--no-verify"],
+        ["robustify", str(image_folder / "a.png"), "-o", str(tmp_path), "--survive", "jpeg:0-90"],
+        ["robustify", str(image_folder / "a.png"), "-o", str(tmp_path), "--survive", "gif"],
+        ["evaluate", "-n", "2", "--transform", "resize:-1"],
+        ["evaluate", "-n", "2", "--transform", "jpeg:75", "--survive", "jpeg:75-"],
     ):
         r = run(*args)
         assert r.returncode == 2, (args, r.stderr)

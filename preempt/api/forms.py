@@ -40,6 +40,12 @@ class RobustifyForm(_Form):
                                                            "further inside; low: the smallest")
     smooth: Optional[bool] = Field(None, description="an image larger than the model's input: the change at the "
                                                      "model's resolution, upsampled smoothly (default true)")
+    survive: Optional[str] = Field(None, max_length=200, description=(
+        "what the platform does to the file before classifying it, e.g. jpeg:75-95, resize:0.5-1.0 or "
+        "resize:0.5+jpeg:85: the protection is optimised through it and checked after it (default: none)"))
+    format: Optional[Literal["png", "jpeg"]] = Field(None, description=(
+        "the file written: png (default) or jpeg, optimised for and checked on the JPEG itself"))
+    quality: Optional[int] = Field(None, ge=1, le=100, description="the JPEG quality with format jpeg (default 90)")
 
 
 class AttackForm(_Form):

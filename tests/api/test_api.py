@@ -60,7 +60,8 @@ def test_image_errors_map_to_status_codes_by_type(client):
 def test_parameter_errors_name_the_field_and_create_no_job(client):
     for fields, field in (({"delta": "5"}, "delta"), ({"norm": "l3"}, "norm"), ({"iterations": "2001"}, "iterations"),
                           ({"verify": "maybe"}, "verify"), ({"model": "nope"}, "model"),
-                          ({"strength": "max"}, "strength")):
+                          ({"strength": "max"}, "strength"), ({"survive": "jpeg:101"}, "survive"),
+                          ({"survive": "blur:3"}, "survive"), ({"survive": "resize:1-0.5"}, "survive")):
         r = post(client, png(), **fields)
         assert r.status_code == 422 and r.json()["error"] == "invalid_parameter", r.text
         assert r.json()["detail"].startswith(field + ":")

@@ -105,6 +105,26 @@ def test_robustified_image_resists_attack_more_than_original(stack):
     assert sum(protected) >= len(protected) / 2  # the attack now fails on most of them (on none before)
 
 
+def test_jpeg_output_that_survives_resizing(stack):
+    """format=jpeg with survive: the result is the JPEG (image/jpeg, the upload's size), the report's budget is
+    the JPEG's own, its pixels before encoding keep delta, and the check names the transforms it ran after."""
+    data = png_bytes(photo(96, 64), "JPEG", quality=95)
+    r = stack.submit(data, "p.jpg", **FAST, format="jpeg", quality="85", survive="resize:0.5-1")
+    assert r.status_code == 202, r.text
+    job = stack.wait_job(r.json()["job_id"])
+    assert job["status"] == "succeeded", job
+    out = stack.http.get(r.json()["result_url"])
+    assert out.status_code == 200 and out.headers["content-type"] == "image/jpeg"
+    assert Image.open(io.BytesIO(out.content)).format == "JPEG" and Image.open(io.BytesIO(out.content)).size == (96, 64)
+    report = job["report"]
+    assert (report["format"], report["quality"], report["survive"]) == ("jpeg", 85, "resize:0.5-1")
+    assert report["verified"]["after"] == ["resize:0.5", "resize:0.75", "resize:1"]
+    assert report["linf_before_encoding"] <= report["delta"] + 1e-9
+    x_in, _ = _pixels(data)
+    x_out, _ = _pixels(out.content)
+    assert abs(float(np.abs(x_out - x_in).max()) - report["linf"]) < 1e-4
+
+
 def test_wait_parameter_returns_finished_job(stack):
     r = stack.http.post("/v1/robustify?wait=60", files={"file": ("a.png", png_bytes(example_image(3)))},
                         data={"preset": "low", "iterations": "3", "verify": "false"})
@@ -199,6 +219,8 @@ BAD_FIELDS = [
     {"epsilon": "-1"}, {"epsilon": "abc"}, {"epsilon": "nan"}, {"epsilon": "2"}, {"delta": "0"},
     {"norm": "l3"}, {"preset": "ultra"}, {"iterations": "0"}, {"iterations": "1000000000"}, {"iterations": "2.5"},
     {"model": "nope"}, {"verify": "maybe"}, {"retry": "maybe"}, {"retry": "true", "verify": "false"},
+    {"survive": "jpeg:101"}, {"survive": "sharpen:2"}, {"format": "gif"}, {"quality": "0", "format": "jpeg"},
+    {"quality": "80"},
 ]
 
 

@@ -54,19 +54,22 @@ async def read_job(job: JobDep, store: StoreDep):
     return await run_in_threadpool(job_view, job, store)
 
 
-@router.get("/{job_id}/result", summary="The job's PNG", response_class=Response,
-            responses={200: {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
-                             "description": "the protected (or, for an attack, the adversarial) PNG"},
+@router.get("/{job_id}/result", summary="The job's image", response_class=Response,
+            responses={200: {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}},
+                                         "image/jpeg": {"schema": {"type": "string", "format": "binary"}}},
+                             "description": "the protected (or, for an attack, the adversarial) image: PNG, or JPEG "
+                                            "when the job asked for format jpeg"},
                        **errors.documented(errors.JobNotFound, errors.NoResult, errors.NotReady, errors.Unauthorized,
                                            errors.Forbidden, errors.InvalidParameter, errors.StoreUnavailable)})
 async def read_result(job: JobDep, store: StoreDep):
     if job["status"] != "succeeded":
         raise errors.NotReady(f"job is {job['status']}; the result exists once it has succeeded")
-    png = await run_in_threadpool(store.result, job["job_id"])
-    if png is None:
+    data = await run_in_threadpool(store.result, job["job_id"])
+    if data is None:
         raise errors.NoResult("this job has no image result, or it expired")
-    return Response(png, media_type="image/png",
-                    headers={"Content-Disposition": f'inline; filename="{job["job_id"]}.png"'})
+    jpeg = data[:3] == b"\xff\xd8\xff"
+    return Response(data, media_type="image/jpeg" if jpeg else "image/png",
+                    headers={"Content-Disposition": f'inline; filename="{job["job_id"]}.{"jpg" if jpeg else "png"}"'})
 
 
 @router.delete("/{job_id}", response_model=Union[Job, Deleted], responses=NOT_FOUND,
