@@ -10,8 +10,9 @@ what the platform's classifier receives:
 * :meth:`Transform.__call__` returns exactly the real output in the forward pass and takes its gradient
   from a differentiable approximation in the backward pass (BPDA, Athalye et al. 2018, with a close
   stand-in rather than the identity): resizing is ``torch``'s antialiased bicubic interpolation (within
-  about 1/255 of Pillow's), JPEG is kornia's differentiable codec (Reich et al. 2024; quantisation
-  rounding is replaced by a smooth surrogate). The 8-bit rounding passes the gradient straight through.
+  about 1/255 of Pillow's), JPEG is :func:`jpeg_approx` (the DCT codec with quantisation rounding
+  replaced by a smooth surrogate: kornia's for colour, a one-component one for grayscale). The 8-bit
+  rounding passes the gradient straight through.
 
 A stage with a range (``jpeg:75-95``) draws its value at each call: per image for JPEG, one scale per
 call for resizing (the batch keeps one size). That is the expectation over transformations (EOT) the
@@ -24,6 +25,7 @@ at the ends and the middle of each range, which a verification must pass one by 
 from __future__ import annotations
 
 import io
+import math
 from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -70,17 +72,51 @@ def pillow_resize(a: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
     return out[..., None] if out.ndim == 2 else out
 
 
+# libjpeg's luminance quantisation table (ITU T.81, Annex K), scaled by quality as jpeg_quality_scaling does.
+LUMA_TABLE = torch.tensor([
+    [16, 11, 10, 16, 24, 40, 51, 61], [12, 12, 14, 19, 26, 58, 60, 55], [14, 13, 16, 24, 40, 57, 69, 56],
+    [14, 17, 22, 29, 51, 87, 80, 62], [18, 22, 37, 56, 68, 109, 103, 77], [24, 35, 55, 64, 81, 104, 113, 92],
+    [49, 64, 78, 87, 103, 121, 120, 101], [72, 92, 95, 98, 112, 100, 103, 99]], dtype=torch.float32)
+
+
+def _dct_matrix(device, dtype) -> torch.Tensor:
+    k = torch.arange(8, device=device, dtype=dtype)
+    scale = torch.where(k == 0, torch.tensor(1 / 8, device=device, dtype=dtype).sqrt(),
+                        torch.tensor(2 / 8, device=device, dtype=dtype).sqrt())
+    return torch.cos((2 * k[None, :] + 1) * k[:, None] * math.pi / 16) * scale[:, None]
+
+
+def luma_jpeg_approx(x: torch.Tensor, quality: torch.Tensor) -> torch.Tensor:
+    """A one-component (grayscale) JPEG, differentiable: what Pillow encodes for a grayscale image, written
+    out because kornia's codec only takes RGB (it would run three channels and chroma subsampling for
+    one). 8x8 blocks (edge-replicated to a multiple of 8, as libjpeg pads), DCT, libjpeg's quality-scaled
+    luminance table, rounding replaced by ``r + (z - r)^3`` (Shin and Song 2017, as kornia), inverse DCT.
+    About 30x faster than kornia on 28x28 images and closer to Pillow (mean error 0.0025 against kornia's
+    0.0044 at quality 75 on Fashion-MNIST)."""
+    b, _, h, w = x.shape
+    y = F.pad(x, (0, (-w) % 8, 0, (-h) % 8), mode="replicate") * 255 - 128
+    hp, wp = y.shape[-2:]
+    blocks = y.view(b, hp // 8, 8, wp // 8, 8).transpose(2, 3)
+    d = _dct_matrix(x.device, x.dtype)
+    q = quality.to(x.device, x.dtype).clamp(1, 100)
+    scale = torch.where(q < 50, 5000 / q, 200 - 2 * q)
+    table = ((LUMA_TABLE.to(x.device, x.dtype) * scale.view(-1, 1, 1) + 50) / 100).floor().clamp(1, 255)
+    table = table.view(b, 1, 1, 8, 8)
+    z = d @ blocks @ d.T / table
+    r = torch.round(z)
+    z = r + (z - r) ** 3
+    out = d.T @ (z * table) @ d
+    return ((out.transpose(2, 3).reshape(b, 1, hp, wp) + 128) / 255)[..., :h, :w].clamp(0, 1)
+
+
 def jpeg_approx(x: torch.Tensor, quality: torch.Tensor) -> torch.Tensor:
-    """kornia's differentiable JPEG; grayscale runs as RGB with equal channels (its luma is the image)."""
+    """A differentiable JPEG at ``quality`` (``[B]``): :func:`luma_jpeg_approx` for grayscale, kornia's
+    differentiable codec (Reich et al. 2024) for colour."""
+    if x.shape[1] == 1:
+        return luma_jpeg_approx(x, quality)
     from kornia.enhance import jpeg_codec_differentiable
 
-    gray = x.shape[1] == 1
-    rgb = x.expand(-1, 3, -1, -1) if gray else x
-    out = jpeg_codec_differentiable(rgb, quality.to(x.device, x.dtype))
-    if gray:
-        w = torch.tensor([0.299, 0.587, 0.114], dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-        out = (out * w).sum(1, keepdim=True)
-    return out.clamp(0, 1)
+    return jpeg_codec_differentiable(x, quality.to(x.device, x.dtype)).clamp(0, 1)
 
 
 def enlarge(x: torch.Tensor, factor: int) -> torch.Tensor:
