@@ -1,6 +1,9 @@
 """The benchmark's model transforms must not change what they time."""
 
 import copy
+import json
+import subprocess
+import sys
 
 import pytest
 
@@ -71,9 +74,6 @@ def test_layer_ceiling_counts_the_whole_pass():
 
 
 def test_epochs_that_fit_scales_the_probe_and_falls_back_to_one_method(tmp_path):
-    import json
-    import subprocess
-    import sys
     from pathlib import Path
 
     card = tmp_path / "probe.json"
@@ -149,3 +149,22 @@ def test_margin_outer_loss_raises_the_worst_case_margin(adv_model, fmnist_test):
             return variants.margin_loss(adv_model, xa, r.label)
 
     assert float(worst_margin(r.x_rob).mean()) < float(worst_margin(x).mean()) - 0.5
+
+
+def test_transforms_bench_writes_its_table(tmp_path):
+    """``bench.transforms`` runs the product's pipeline with and without ``survive`` and reports, per variant and
+    transform column, accuracy and gap closure for the adaptive and the non-adaptive attack."""
+    out = tmp_path / "t.json"
+    r = subprocess.run([sys.executable, "-m", "bench.transforms", "-n", "6", "--batch", "6", "--attacks", "pgd",
+                        "--columns", "none,jpeg:75", "--survive", "jpeg:75-95", "--json", str(out)],
+                       capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr
+    table = json.loads(out.read_text())
+    assert [row["variant"] for row in table["rows"]] == ["originals", "defaults", "survive jpeg:75-95"]
+    for row in table["rows"]:
+        for col in ("none", "jpeg:75"):
+            both = row[f"{col}:pgd"]
+            assert 0 <= both <= min(row[f"{col}:pgd_adaptive"], row[f"{col}:pgd_nonadaptive"]) <= row[f"{col}:clean"]
+    for row in table["rows"][1:]:
+        assert row["passes_per_image"] > 0 and 0 < row["ssim"] <= 1 and "jpeg:75:gap_closure_pgd" in row
+    assert "| survive jpeg:75-95 |" in r.stdout
