@@ -27,6 +27,7 @@ KINDS = {
     "resize": (0.05, 4.0, False, "a scale of both sides from 0.05 to 4"),
 }
 MAX_STAGES = 4
+MAX_GROWTH = 4.0  # how many times the stages together may enlarge each side (a bound on the work a spec can ask)
 
 
 class SpecError(ValueError):
@@ -95,6 +96,11 @@ def parse_spec(spec: str) -> Tuple[Stage, ...]:
         stages.append(Stage(kind, lo, hi))
     if len(stages) > MAX_STAGES:
         raise SpecError(f"{spec!r}: at most {MAX_STAGES} stages")
+    growth = 1.0
+    for s in stages:
+        growth *= s.hi if s.kind == "resize" else 1.0
+    if growth > MAX_GROWTH:
+        raise SpecError(f"{spec!r}: the resizes enlarge the image {growth:g} times; at most {MAX_GROWTH:g}")
     return tuple(stages)
 
 

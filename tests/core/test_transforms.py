@@ -26,7 +26,8 @@ def test_specs_parse_canonically_and_bad_ones_say_why_in_one_line():
     assert parse_spec("none") == ()
     for bad, words in (("jpeg", "needs a value"), ("jpeg:0", "out of range"), ("jpeg:75.5", "not a JPEG quality"),
                        ("blur:2", "unknown transform"), ("jpeg:95-75", "runs backwards"), ("", "empty"),
-                       ("resize:9", "out of range"), ("jpeg:75+jpeg:80+jpeg:85+jpeg:90+jpeg:95", "at most")):
+                       ("resize:9", "out of range"), ("jpeg:75+jpeg:80+jpeg:85+jpeg:90+jpeg:95", "at most"),
+                       ("resize:4+resize:2", "enlarge the image 8 times")):
         with pytest.raises(SpecError, match=words) as e:
             parse_spec(bad)
         assert "\n" not in str(e.value)
