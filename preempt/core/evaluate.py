@@ -22,7 +22,7 @@ from typing import Callable, Dict, Optional, Sequence
 import torch
 
 from .attacks import pgd
-from .autoattack import AutoAttack
+from .autoattack import STANDARD, AutoAttack
 from .images import budget_used, quantize_within_budget
 from .reconstruct import reconstruct, whitebox_attack
 from .robustify import RobustifyConfig, robustify
@@ -46,19 +46,22 @@ class EvalConfig:
     survive: Optional[object] = None
 
 
-def attack_fn(name: str, model: torch.nn.Module, threat: ThreatModel, num_classes: int = 10) -> Callable:
-    """``attack(x, y, eps) -> x_adv`` for ``name`` in ``{"pgd", "aa"}``."""
+def attack_fn(name: str, model: torch.nn.Module, threat: ThreatModel, num_classes: int = 10,
+              aa_components: Optional[Sequence[str]] = None) -> Callable:
+    """``attack(x, y, eps) -> x_adv`` for ``name`` in ``{"pgd", "aa"}``; ``aa_components``: a subset of
+    AutoAttack's (default all four, the standard version)."""
     geometry = threat.geometry
     if name == "pgd":
         return lambda x, y, eps: pgd(model, x, y, geometry, eps, steps=20, step_size=5 * eps / 20)
     if name == "aa":
-        return lambda x, y, eps: AutoAttack(model, threat.norm, eps, num_classes).run(x, y)
+        parts = tuple(aa_components or STANDARD)
+        return lambda x, y, eps: AutoAttack(model, threat.norm, eps, num_classes, components=parts).run(x, y)
     raise ValueError(f"unknown attack {name!r}; choose from pgd, aa")
 
 
 def transform_robustness(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel,
                          transform, attacks: Sequence[str], plain_adv: Dict[str, torch.Tensor],
-                         num_classes: int = 10) -> Dict[str, torch.Tensor]:
+                         num_classes: int = 10, adaptive_aa: Optional[Sequence[str]] = None) -> Dict[str, torch.Tensor]:
     """Per image, whether the platform's transform ``T`` still yields ``y`` after an attack (the threat model of
     docs/transforms.md: the man in the middle changes the file by at most epsilon, then the platform applies
     ``T`` with its real codec and classifies).
@@ -69,7 +72,9 @@ def transform_robustness(model: torch.nn.Module, x: torch.Tensor, y: torch.Tenso
     each range, as a platform picks one setting); the **non-adaptive** one is ``plain_adv[name]``, the same
     attack on the untransformed model, then transformed. Returns ``"clean"`` (classified ``y`` after ``T`` at
     every point) and, per attack, ``A_adaptive``, ``A_nonadaptive`` and ``A``: robust against both (an
-    attacker who tries both; the weaker of the two for the defender).
+    attacker who tries both; the weaker of the two for the defender). ``adaptive_aa``: the AutoAttack components
+    the adaptive attacker runs through ``T`` (default all four; ``("apgd-ce", "apgd-t")`` where Square's 5000
+    queries, each a codec call per image, cost too much).
     """
     from .transforms import Transformed
 
@@ -84,7 +89,7 @@ def transform_robustness(model: torch.nn.Module, x: torch.Tensor, y: torch.Tenso
             for name in attacks:
                 out[f"{name}_nonadaptive"] &= judged(plain_adv[name]).argmax(1) == y
         for name in attacks:
-            x_adv = attack_fn(name, judged, threat, num_classes)(x, y, threat.epsilon)
+            x_adv = attack_fn(name, judged, threat, num_classes, adaptive_aa)(x, y, threat.epsilon)
             with torch.no_grad():
                 out[f"{name}_adaptive"] &= judged(x_adv).argmax(1) == y
     for name in attacks:
