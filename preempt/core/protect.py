@@ -147,7 +147,7 @@ def protect_images(model: torch.nn.Module, images: List[DecodedImage], threat: T
                    retry_config: Optional[dict] = None, strength: str = "high",
                    survive: Optional[Transform] = None, output: str = "png",
                    quality: int = 90) -> List[ProtectResult]:
-    """Robustify decoded images of one shape as one batch; return PNG bytes and a report for each.
+    """Robustify decoded images of one shape as one batch; return the file written (PNG bytes) and a report for each.
 
     ``judge`` (default: ``model``) is the classifier the label, the label check and the
     verification attack use: the fp32 model when ``model`` runs in reduced precision. ``retry``:
