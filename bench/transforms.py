@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -114,9 +115,27 @@ def main(argv=None) -> int:
             xr = torch.stack([r.pixels for r in out])
             torch.manual_seed(args.seed + i)
             keep(variant, attack_columns(clf.model, xr, yb, threat, columns, attacks, adaptive_aa))
-        print(f"{i + len(xb)}/{len(x)} images, {time.perf_counter() - t0:.0f} s", flush=True)
+        done = i + len(xb)
+        result = summarise(masks, reports, seconds, attacks, columns)
+        result.update({"command": "python -m bench.transforms " + " ".join(sys.argv[1:] if argv is None else argv),
+                       "model": args.model, "adaptive_aa": list(adaptive_aa or ["all"]), "n": done,
+                       "complete": done == len(x), "start": args.start, "upscale": args.upscale,
+                       "image_size": list(x.shape[-2:]), "threat": threat_card, "columns": columns, "attacks": attacks,
+                       "seconds": time.perf_counter() - t0})
+        md = markdown(result)
+        print(f"{done}/{len(x)} images, {time.perf_counter() - t0:.0f} s", flush=True)
+        if args.json:  # after every batch, so that an interrupted run keeps what it measured
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        if args.markdown:
+            Path(args.markdown).write_text(md + "\n")
+    print(md)
+    return 0
 
-    n = len(x)
+
+def summarise(masks: dict, reports: dict, seconds: dict, attacks: list, columns: list) -> dict:
+    """``{"rows": [...]}``: per variant, each column's accuracies (and gap closure against the originals), and
+    for the protected variants the pipeline's cost and visibility."""
     rows = []
     for variant, found in masks.items():
         row = {"variant": variant}
@@ -131,10 +150,10 @@ def main(argv=None) -> int:
             psnr = [r["psnr"] for r in rs if r["psnr"] is not None]
             row.update({
                 "passes_per_image": statistics.mean(r["passes"] for r in rs),
-                "seconds_per_image": seconds[variant] / n,
+                "seconds_per_image": seconds[variant] / len(rs),
                 "psnr_changed": statistics.mean(psnr) if psnr else None,
                 "ssim": statistics.mean(r["ssim"] for r in rs),
-                "verified": sum(bool(r.get("verified", {}).get("robust")) for r in rs) / n,
+                "verified": sum(bool(r.get("verified", {}).get("robust")) for r in rs) / len(rs),
             })
         rows.append(row)
     base = rows[0]
@@ -143,18 +162,7 @@ def main(argv=None) -> int:
             for a in attacks:
                 gap = base[f"{col}:clean"] - base[f"{col}:{a}"]
                 row[f"{col}:gap_closure_{a}"] = (row[f"{col}:{a}"] - base[f"{col}:{a}"]) / gap if gap > 0 else None
-    result = {"command": "python -m bench.transforms " + " ".join(argv if argv is not None else __import__("sys").argv[1:]),
-              "model": args.model, "adaptive_aa": list(adaptive_aa or ["all"]), "n": n, "start": args.start, "upscale": args.upscale,
-              "image_size": list(x.shape[-2:]), "threat": threat_card, "columns": columns, "attacks": attacks,
-              "seconds": time.perf_counter() - t0, "rows": rows}
-    md = markdown(result)
-    print(md)
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-    if args.markdown:
-        Path(args.markdown).write_text(md + "\n")
-    return 0
+    return {"rows": rows}
 
 
 def markdown(result: dict) -> str:
