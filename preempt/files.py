@@ -194,8 +194,6 @@ def remote_runner(client, request: RobustifyRequest, concurrency: int = 4) -> Ru
     """Robustify on a Preempt service through :class:`preempt.client.Client` (the request's form fields)."""
     fields = request.model_dump(include={"model", "preset", "norm", "epsilon", "delta", "iterations", "verify",
                                          "retry", "strength", "smooth", "survive", "format", "quality"})
-    if request.format != "jpeg":
-        del fields["quality"]  # the service refuses a JPEG quality for a PNG
 
     def run(originals: List[bytes], progress: Callable[[int, int], None]) -> List[tuple]:
         jobs = client.robustify_many(originals, concurrency=concurrency,

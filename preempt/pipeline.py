@@ -18,7 +18,7 @@ from preempt.core.protect import DEFAULT_VERIFY, ProtectResult, protect_images
 from preempt.core.robustify import Progress, RobustifyConfig
 from preempt.core.threat import ThreatModel
 from preempt.core.transforms import Transform
-from preempt.request import RobustifyRequest
+from preempt.request import DEFAULT_JPEG_QUALITY, RobustifyRequest
 
 
 @dataclass
@@ -52,7 +52,7 @@ def protect(request: RobustifyRequest, protector: Protector, images: Sequence[De
                              verify_attack=request.verify if verify else DEFAULT_VERIFY, retry=request.retry,
                              strength=request.strength if verify else "high",
                              survive=Transform(request.survive) if request.survive else None,
-                             output=request.format, quality=request.quality)
+                             output=request.format, quality=request.quality or DEFAULT_JPEG_QUALITY)
     for r in results:
         r.report = {"model": request.model, **r.report, "label_name": protector.class_name(r.report["label"])}
     return results

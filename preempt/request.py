@@ -16,9 +16,9 @@ from __future__ import annotations
 import json
 from typing import Any, Literal, Mapping, Optional
 
-from preempt.transformspec import normalize_spec
-
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+
+from preempt.transformspec import normalize_spec
 
 Norm = Literal["linf", "l2"]
 Preset = Literal["low", "medium", "high"]
@@ -26,6 +26,7 @@ Verify = Literal["apgd", "pgd", "off"]
 # Visibility against protection (core/protect.py: shrink); the default is chosen in docs/quality.md.
 Strength = Literal["high", "medium", "low"]
 DEFAULT_STRENGTH = "medium"
+DEFAULT_JPEG_QUALITY = 90
 
 # Robustification effort: outer iterations MAXITER, inner steps T, random starts N.
 # "medium" is the paper's official setting (100 x (20 + 1) passes per image).
@@ -130,7 +131,7 @@ class RobustifyRequest(_Request):
     format: Literal["png", "jpeg"] = Field("png", description=(
         "the file written: png (lossless, the default) or jpeg (for clients that can only send JPEG: the "
         "protection is optimised for and checked on the JPEG itself)"))
-    quality: int = Field(90, ge=1, le=100, description="the JPEG quality with format jpeg")
+    quality: Optional[int] = Field(None, ge=1, le=100, description="the JPEG quality with format jpeg (default 90)")
 
     _budget = field_validator("epsilon", "delta")(_within_budget)
     _iterations = field_validator("iterations")(_within_max_iterations)
@@ -142,6 +143,13 @@ class RobustifyRequest(_Request):
             return None
         spec = normalize_spec(survive)
         return None if spec == "none" else spec
+
+    @field_validator("quality")
+    @classmethod
+    def _quality_needs_jpeg(cls, quality: Optional[int], info: ValidationInfo) -> Optional[int]:
+        if quality is not None and info.data.get("format") != "jpeg":
+            raise ValueError("is the JPEG quality; it needs format jpeg")
+        return quality
 
     @field_validator("retry")
     @classmethod
@@ -164,13 +172,13 @@ class RobustifyRequest(_Request):
         unknown = set(given) - set(cls.model_fields)
         if unknown:
             raise RequestError([(k, "unknown parameter") for k in sorted(unknown)])
-        if "quality" in given and given.get("format") != "jpeg":
-            raise RequestError([("quality", "is the JPEG quality; it needs format jpeg")])
         norm, epsilon = _threat_defaults(card, given.get("norm"))
         data = {"model": model, "norm": norm, "epsilon": epsilon, "preset": DEFAULT_PRESET, **given}
         threat = card.get("threat") or {}
         card_delta = threat.get("delta") if threat.get("norm", "linf") == norm and "epsilon" not in given else None
         data.setdefault("delta", card_delta or data["epsilon"])
+        if data.get("format") == "jpeg":
+            data.setdefault("quality", DEFAULT_JPEG_QUALITY)
         if isinstance(data.get("verify"), bool):
             data["verify"] = "apgd" if data["verify"] else "off"
         elif isinstance(data.get("verify"), str):
