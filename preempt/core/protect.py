@@ -156,6 +156,10 @@ def protect_images(model: torch.nn.Module, images: List[DecodedImage], threat: T
     ``retry_config``: the second try's :class:`RobustifyConfig` fields over ``config`` (default
     :data:`RETRY_CONFIG`).
 
+    ``config.texture_floor`` (texture masking) with ``verify``: an image whose shaped change the check rejects is
+    robustified again with the whole budget everywhere, so masking never costs an image its verification; each
+    report says ``"texture"``: whether the change written is the shaped one.
+
     ``strength`` (with ``verify``): ``"high"`` writes the robustified image; ``"medium"`` and ``"low"`` write
     the smallest scale of its change that passes the same check (:func:`smallest_scale`); each report says
     the ``scale`` kept.
@@ -196,33 +200,59 @@ def protect_images(model: torch.nn.Module, images: List[DecodedImage], threat: T
         robust = verify_through(judge, decoded, label, threat, verify_attack, survive) if verify else None
         return _Written(data, x_q, decoded, kept, robust)
 
-    result = robustify(model, x_orig, threat, config, y=y, progress=progress, transform=survive, sent_as=sent_as)
-    label = result.label
     alphas = [img.alpha for img in images]
-    x_out, scale = result.x_rob, torch.ones(len(images))
-    if strength != "high" and verify:
-        x_full = quantize_within_budget(result.x_rob, x_orig, threat.norm, threat.delta)
-        scale = smallest_scale(judge, x_orig, x_full, label, threat, margin=strength == "medium", survive=survive,
-                               sent_as=sent_as)
-        x_out = x_orig + scale.to(x_orig.device).view(-1, 1, 1, 1) * (x_full - x_orig)
-    written = write_and_check(x_out, x_orig, alphas, label)
+
+    def attempt(cfg: Optional[RobustifyConfig], idx: torch.Tensor, labels, report_progress):
+        """Robustify the images ``idx`` under ``cfg``, keep the strength's scale of the change, write and check:
+        ``(RobustifyResult, _Written, scale)``."""
+        x_o, al = x_orig[idx], [alphas[i] for i in idx.tolist()]
+        res = robustify(model, x_o, threat, cfg, y=labels, progress=report_progress, transform=survive,
+                        sent_as=sent_as)
+        x_out, sc = res.x_rob, torch.ones(len(al))
+        if strength != "high" and verify:
+            x_full = quantize_within_budget(res.x_rob, x_o, threat.norm, threat.delta)
+            sc = smallest_scale(judge, x_o, x_full, res.label, threat, margin=strength == "medium", survive=survive,
+                                sent_as=sent_as)
+            x_out = x_o + sc.to(x_o.device).view(-1, 1, 1, 1) * (x_full - x_o)
+        w = write_and_check(x_out, x_o, al, res.label)
+        back = ((sc < 1) & ~w.robust.cpu()).nonzero().flatten() if w.robust is not None else torch.zeros(0, dtype=torch.long)
+        if back.numel():  # a smaller change the whole check rejects: the whole change, checked in turn
+            rows = back.tolist()
+            w.take(rows, write_and_check(res.x_rob[back], x_o[back], [al[i] for i in rows], res.label[back]))
+            sc[back] = 1.0
+        return res, w, sc
+
+    def holding(done: int):
+        # A second try reports the first try's end (the bar stays full) so that a caller that stops work from
+        # its progress callback (a cancelled service job) still can during it.
+        return None if progress is None else (lambda i, n, loss: progress(done, done, loss))
+
+    every = torch.arange(len(images), device=x_orig.device)
+    result, written, scale = attempt(config, every, y, progress)
+    label = result.label
     robust = written.robust
-    back = ((scale < 1) & ~robust.cpu()).nonzero().flatten() if robust is not None else torch.zeros(0, dtype=torch.long)
-    if back.numel():  # a smaller change the whole check rejects: the whole change, checked in turn
-        rows = back.tolist()
-        written.take(rows, write_and_check(result.x_rob[back], x_orig[back], [alphas[i] for i in rows], label[back]))
-        scale[back] = 1.0
+    robust_loss, stopped_at = result.robust_loss.clone(), result.stopped_at.clone()
     passes = result.passes_per_image.clone()
+    shaped = torch.full((len(images),), config is not None and config.texture_floor is not None)
+    if shaped.any() and robust is not None:  # texture masking the check rejects: the whole budget, as without it
+        idx = (~robust).nonzero().flatten()
+        if idx.numel():
+            again, second, sc = attempt(replace(config, texture_floor=None), idx, label[idx],
+                                        holding(config.iterations))
+            rows = idx.tolist()
+            written.take(rows, second)
+            scale[idx.cpu()] = sc
+            passes[idx] += again.passes_per_image.to(passes.device)
+            robust_loss[idx], stopped_at[idx] = again.robust_loss, again.stopped_at
+            shaped[idx.cpu()] = False
     retried = torch.zeros(len(images), dtype=torch.bool)
     if retry and robust is not None and (config is None or config.sigma is None):
         idx = (written.kept & ~robust).nonzero().flatten()
         if idx.numel():
-            cfg2 = replace(config or RobustifyConfig(), **(RETRY_CONFIG if retry_config is None else retry_config))
-            # The retry reports the first try's end (the bar stays full) so that a caller that stops
-            # work from its progress callback (a cancelled service job) still can during the retry.
-            done = (config or RobustifyConfig()).iterations
-            hold = None if progress is None else (lambda i, n, loss: progress(done, done, loss))
-            again = robustify(model, x_orig[idx], threat, cfg2, y=label[idx], progress=hold, transform=survive,
+            cfg2 = replace(config or RobustifyConfig(), texture_floor=None,
+                           **(RETRY_CONFIG if retry_config is None else retry_config))
+            again = robustify(model, x_orig[idx], threat, cfg2, y=label[idx],
+                              progress=holding((config or RobustifyConfig()).iterations), transform=survive,
                               sent_as=sent_as)
             rows = idx.tolist()
             second = write_and_check(again.x_rob, x_orig[idx], [alphas[i] for i in rows], label[idx])
@@ -238,9 +268,9 @@ def protect_images(model: torch.nn.Module, images: List[DecodedImage], threat: T
             **budget_used(decoded[i], x_orig[i]),
             "label": int(label[i]),
             "label_kept": bool(kept[i]),
-            "robust_loss": float(result.robust_loss[i]),
+            "robust_loss": float(robust_loss[i]),
             "passes": int(passes[i]),
-            "iterations_run": int(result.stopped_at[i]),
+            "iterations_run": int(stopped_at[i]),
         }
         if robust is not None:
             report["verified"] = {"attack": VERIFY_ATTACKS[verify_attack], "robust": bool(robust[i])}
@@ -253,6 +283,8 @@ def protect_images(model: torch.nn.Module, images: List[DecodedImage], threat: T
                            "linf_before_encoding": float((written.sent[i] - x_orig[i]).abs().max())})
         if retry:
             report["retried"] = bool(retried[i])
+        if config is not None and config.texture_floor is not None:
+            report["texture"] = bool(shaped[i])
         if strength != "high" and verify:
             report["strength"], report["scale"] = strength, float(scale[i])
         out.append(ProtectResult(data=data, pixels=decoded[i].cpu(), report=report))

@@ -67,6 +67,9 @@ class RobustifyConfig:
     aggregate: str = "mean"  # over the N starts: "mean" (the paper) or "max" (the worst start drives the update)
     # (H, W): an image larger than this gets its perturbation at this size, upsampled bilinearly (SmoothUpdate)
     smooth_size: Optional[Tuple[int, int]] = None
+    # texture masking: the budget at each pixel is delta * m, m from the local contrast (texture_mask); this is m
+    # where the image is flat (None: off, the whole budget everywhere)
+    texture_floor: Optional[float] = None
 
     def resolved(self, threat: ThreatModel) -> "RobustifyConfig":
         """A copy with every ``None`` replaced by its norm-dependent default, validated."""
@@ -86,6 +89,8 @@ class RobustifyConfig:
             raise ValueError(f"inner_loss must be one of {INNER_LOSSES}, got {self.inner_loss!r}")
         if self.aggregate not in AGGREGATES:
             raise ValueError(f"aggregate must be one of {AGGREGATES}, got {self.aggregate!r}")
+        if self.texture_floor is not None and not 0 < self.texture_floor <= 1:
+            raise ValueError(f"texture_floor must be in (0, 1], got {self.texture_floor!r}")
         if self.stop_patience < 0 or self.plateau_window < 0:
             raise ValueError("stop_patience and plateau_window must be non-negative")
         return replace(
@@ -303,6 +308,57 @@ class SmoothUpdate:
             return self._x(self.delta * torch.tanh(self.w) if self.rmsprop else self.d).detach()
 
 
+# The local contrast (standard deviation of the luminance in a Gaussian window, sigma 1.5 pixels as SSIM's)
+# at and above which a pixel gets the whole budget under texture masking.
+TEXTURE_CONTRAST = 0.08
+
+
+def texture_mask(x: torch.Tensor, floor: float, contrast: float = TEXTURE_CONTRAST) -> torch.Tensor:
+    """The share of the budget each pixel of ``x`` ``[B, C, H, W]`` may use, ``[B, 1, H, W]`` in ``[floor, 1]``.
+
+    ``floor + (1 - floor) * min(1, s / contrast)`` with ``s`` the local standard deviation of the luminance
+    (the channels' mean) in a Gaussian window of sigma 1.5 pixels: flat areas, where a change shows most (and
+    SSIM's structure term is most sensitive), get ``floor``; textured areas and edges the whole budget.
+    """
+    lum = x.mean(1, keepdim=True)
+    r = 5
+    g = torch.exp(-torch.arange(-r, r + 1, dtype=x.dtype, device=x.device) ** 2 / (2 * 1.5 ** 2))
+    g = g / g.sum()
+
+    def blur(t: torch.Tensor) -> torch.Tensor:
+        t = F.pad(t, (r, r, r, r), mode="replicate")
+        return F.conv2d(F.conv2d(t, g.view(1, 1, 1, -1)), g.view(1, 1, -1, 1))
+
+    mean = blur(lum)
+    std = (blur(lum * lum) - mean * mean).clamp_min(0).sqrt()
+    return floor + (1 - floor) * (std / contrast).clamp(max=1.0)
+
+
+class MaskedUpdate:
+    """Any outer update with the change shaped per pixel: ``x_rob = x_orig + m * (u - x_orig)``, ``u`` the wrapped
+    update's point and ``m`` in [0, 1] (:func:`texture_mask`).
+
+    ``x_rob`` is a convex combination of ``x_orig`` and ``u``, so it stays in [0, 1], and ``|x_rob - x_orig|`` is
+    at most ``|u - x_orig|`` at every pixel, so every norm's budget that ``u`` keeps, ``x_rob`` keeps.
+    """
+
+    def __init__(self, inner, x_orig: torch.Tensor, mask: torch.Tensor):
+        self.inner, self.x_orig, self.mask = inner, x_orig, mask
+
+    def _shape(self, u: torch.Tensor) -> torch.Tensor:
+        return self.x_orig + self.mask * (u - self.x_orig)
+
+    def variable(self) -> torch.Tensor:
+        self.leaf = self.inner.variable()
+        return self._shape(self.leaf)
+
+    def step(self, objective: torch.Tensor, x_var: torch.Tensor, rows: torch.Tensor) -> None:
+        self.inner.step(objective, self.leaf, rows)
+
+    def current(self) -> torch.Tensor:
+        return self._shape(self.inner.current()).detach()
+
+
 # ------------------------------------------------------------------------------------ the stopping rule
 class EarlyStopping:
     """Which images of a batch of ``b`` still run (see the module docstring); ``enabled=False``: all, always."""
@@ -390,6 +446,9 @@ def robustify(
         x_init = geometry.project(x_init.detach().to(x_orig.device), x_orig, delta)
     else:
         x_init = geometry.random_in_ball(x_orig, delta) if cfg.init == "random" else x_orig.clone()
+    mask = texture_mask(x_orig, cfg.texture_floor) if cfg.texture_floor is not None and not maximize else None
+    if mask is not None:  # the wrapped update starts where the masked point is x_init (or as near as it may)
+        x_init = geometry.project(x_orig + (x_init - x_orig) / mask, x_orig, delta)
     inner = objective or InnerObjective(model, threat, cfg)
     if sent_as is not None and not sent_as.identity:
         inner.sent_as = sent_as
@@ -401,6 +460,8 @@ def robustify(
         update = TanhRMSprop(x_orig, x_init, delta, cfg.lr)
     else:
         update = ProjectedStep(x_orig, x_init, geometry, delta, cfg.lr, ascend=maximize)
+    if mask is not None:
+        update = MaskedUpdate(update, x_orig, mask)
     b = x_orig.shape[0]
     stopper = EarlyStopping(cfg, b, x_orig.device, enabled=not maximize)
     passes = torch.zeros(b, dtype=torch.long, device=x_orig.device)

@@ -182,3 +182,91 @@ def test_a_photo_larger_than_the_model_gets_a_smooth_change_inside_the_budget():
         out[size] = r.pixels - x, r.report["ssim"]
     assert tv(out[(28, 28)][0]) < 0.5 * tv(out[None][0]), (tv(out[(28, 28)][0]), tv(out[None][0]))
     assert out[(28, 28)][1] > out[None][1]
+
+
+def test_texture_mask_gives_flat_areas_the_floor_and_edges_the_whole_budget(fmnist_test):
+    """On real test images: the mask lies in [floor, 1], a pixel whose whole neighbourhood is one grey (the black
+    background away from the garment) gets the floor, and the garment's outline (the strongest local contrast)
+    the whole budget."""
+    import torch.nn.functional as F
+
+    from preempt.core.robustify import texture_mask
+
+    x, _ = fmnist_test
+    x = x[:16]
+    m = texture_mask(x, 0.25)
+    assert m.shape == (16, 1, 28, 28)
+    assert float(m.min()) >= 0.25 - 1e-6 and float(m.max()) <= 1 + 1e-6
+    padded = F.pad(x, (5, 5, 5, 5), mode="replicate")
+    spread = F.max_pool2d(padded, 11, stride=1) + F.max_pool2d(-padded, 11, stride=1)
+    flat = spread == 0
+    assert int(flat.sum()) > 500
+    assert torch.allclose(m[flat], torch.full_like(m[flat], 0.25))
+    assert bool((m.flatten(1).max(1).values > 0.999).all())
+
+
+def test_texture_masked_change_keeps_budget_label_and_check_and_changes_less(adv_model, fmnist_test):
+    """On real test images, linf (tanh-RMSprop) and l2 (projected steps): the masked robustifier moves each pixel
+    by at most its share of delta (so the whole change stays in the ball), and through the product's pipeline
+    a shaped change is written only when the check passes it (else the whole budget, as without masking), every
+    file stays inside delta with its label kept where verified, and the shaped files change the image less."""
+    from preempt.core.robustify import robustify, texture_mask
+
+    x, _ = fmnist_test
+    x = x[:24]
+    m = texture_mask(x, 0.25)
+    for threat in (ThreatModel("linf", 0.1), ThreatModel("l2", 1.0)):
+        torch.manual_seed(0)
+        r = robustify(adv_model, x, threat, RobustifyConfig(iterations=10, steps=5, texture_floor=0.25))
+        d = r.x_rob - x
+        assert float((d.abs() - threat.delta * m).max()) <= 1e-6 if threat.norm == "linf" else True
+        assert float(r.x_rob.min()) >= 0 and float(r.x_rob.max()) <= 1
+        assert float(r.linf.max() if threat.norm == "linf" else r.l2.max()) <= threat.delta + 1e-5
+    threat = ThreatModel("linf", 0.1)
+    runs = {}
+    for floor in (None, 0.25):
+        torch.manual_seed(0)
+        runs[floor] = protect_images(adv_model, _images(x), threat,
+                                     RobustifyConfig(iterations=20, steps=5, texture_floor=floor),
+                                     verify_attack="pgd", strength="high")
+    for orig, r in zip(x, runs[0.25]):
+        assert (r.pixels - orig).abs().max() <= 0.1 + 1e-6 and decode(r.data).pixels.equal(r.pixels)
+        if r.report["texture"]:
+            assert r.report["verified"]["robust"] and r.report["label_kept"]
+    assert "texture" not in runs[None][0].report
+    assert any(r.report["texture"] for r in runs[0.25])
+    verified = [sum(r.report["verified"]["robust"] for r in runs[f]) for f in (None, 0.25)]
+    assert verified[1] >= verified[0] - 1  # a rejected shaped change falls back to the whole budget
+    shaped = [i for i, r in enumerate(runs[0.25]) if r.report["texture"]]
+    mean_ssim = [sum(runs[f][i].report["ssim"] for i in shaped) / len(shaped) for f in (None, 0.25)]
+    assert mean_ssim[1] > mean_ssim[0], mean_ssim
+
+
+def test_texture_masking_on_a_photo_keeps_flat_areas_nearly_untouched():
+    """A real photograph (matplotlib's public-domain portrait) against the shipped 28x28 model, its change at the
+    model's resolution upsampled, with texture masking: inside delta, label kept, each pixel moved by at most its
+    share of delta, so the flattest tenth of the portrait (its background) by at most about a third of delta."""
+    import matplotlib.cbook
+    import numpy
+    from PIL import Image
+
+    from preempt.core.models import load_classifier
+    from preempt.core.robustify import texture_mask
+
+    with Image.open(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)) as img:
+        photo = img.convert("RGB").resize((96, 112), Image.BICUBIC)
+    x = decode(encode_png(torch.from_numpy(numpy.array(photo)).permute(2, 0, 1) / 255.0, None)).pixels
+    model = load_classifier("fmnist-linf-ours-12ep").model
+    threat = ThreatModel("linf", 0.1)
+    torch.manual_seed(0)
+    r = protect_images(model, _images(x[None]), threat,
+                       RobustifyConfig(iterations=10, steps=5, smooth_size=(28, 28), texture_floor=0.25),
+                       verify_attack="pgd")[0]
+    d = (r.pixels - x).abs()
+    assert d.max() <= 0.1 + 1e-6 and r.report["label_kept"]
+    assert r.report["texture"]  # this portrait's shaped change passes the check
+    m = texture_mask(x[None], 0.25)[0]
+    assert float((d - 0.1 * m).max()) <= 1 / 255 + 1e-6  # its share of delta, and the 8-bit rounding
+    flat = m[0] < 0.3
+    assert flat.float().mean() > 0.1
+    assert float(d[:, flat].max()) <= 0.03 + 1 / 255 + 1e-6
