@@ -80,8 +80,8 @@ def _load(args):
 # ---------------------------------------------------------------- robustify
 # The options every command that robustifies passes to RobustifyRequest.resolve (None: the default).
 REQUEST_OPTIONS = ("norm", "epsilon", "delta", "preset", "iterations", "steps", "samples", "stop_patience",
-                   "stop_loss", "plateau_window", "verify", "retry", "strength", "smooth", "survive", "format",
-                   "quality")
+                   "stop_loss", "plateau_window", "verify", "retry", "strength", "smooth", "texture", "survive",
+                   "format", "quality")
 
 
 def _request(args, card: Optional[dict] = None) -> RobustifyRequest:
@@ -98,7 +98,7 @@ def _request(args, card: Optional[dict] = None) -> RobustifyRequest:
 
 # The options a Preempt service takes; the others run only on this machine.
 SERVICE_OPTIONS = ("model", "preset", "norm", "epsilon", "delta", "iterations", "verify", "no_verify", "retry",
-                   "strength", "smooth", "survive", "format", "quality")
+                   "strength", "smooth", "texture", "survive", "format", "quality")
 
 
 def _remote(args):
@@ -427,6 +427,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-smooth", dest="smooth", action="store_false", default=None,
                    help="for images larger than the model's input: change every pixel on its own instead of a "
                         "change at the model's resolution upsampled smoothly")
+    p.add_argument("--texture", action=argparse.BooleanOptionalAction, default=None,
+                   help="shape the change by the image: flat areas (sky, skin, background) may move by a quarter of "
+                        "delta, textured areas and edges by delta (docs/quality.md)")
     p.add_argument("--survive", default=None, metavar="SPEC",
                    help="what the platform does to the file before classifying it, e.g. jpeg:75-95, resize:0.5-1.0, "
                         "resize:0.5+jpeg:85: robustify through it and check the file after it at the ends and middle "
@@ -483,6 +486,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also evaluate after what the platform does to the file (repeatable), e.g. jpeg:75, "
                         "resize:0.5, jpeg:75-95 (its ends and middle), resize:0.5+jpeg:85; the attacker tries both "
                         "attacking through it and ignoring it (docs/transforms.md)")
+    p.add_argument("--texture", action=argparse.BooleanOptionalAction, default=None,
+                   help="shape the change by the image: flat areas (sky, skin, background) may move by a quarter of "
+                        "delta, textured areas and edges by delta (docs/quality.md)")
     p.add_argument("--survive", default=None, metavar="SPEC", help="robustify through this transform (see --transform)")
     p.add_argument("--upscale", type=_positive_int, default=1,
                    help="enlarge the test images by this factor first (Pillow bicubic, 8-bit), as a platform sees a "

@@ -131,7 +131,7 @@ class Client:
 
     def robustify(self, image: Image, **params: Any) -> Job:
         """Submit ``image`` (a path or bytes) with the form fields ``params`` (model, preset, norm, epsilon,
-        delta, iterations, verify, retry, strength, smooth, survive, format, quality); returns the job (queued, or ended if ``wait`` was given)."""
+        delta, iterations, verify, retry, strength, smooth, texture, survive, format, quality); returns the job (queued, or ended if ``wait`` was given)."""
         wait = params.pop("wait", None)
         response = self.http.post("/v1/robustify", files={"file": _upload(image)}, data=_fields(params),
                                   params={"wait": wait} if wait else None)

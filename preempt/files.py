@@ -193,7 +193,8 @@ def local_runner(request: RobustifyRequest, protector) -> Runner:
 def remote_runner(client, request: RobustifyRequest, concurrency: int = 4) -> Runner:
     """Robustify on a Preempt service through :class:`preempt.client.Client` (the request's form fields)."""
     fields = request.model_dump(include={"model", "preset", "norm", "epsilon", "delta", "iterations", "verify",
-                                         "retry", "strength", "smooth", "survive", "format", "quality"})
+                                         "retry", "strength", "smooth", "texture", "survive", "format",
+                                         "quality"})
 
     def run(originals: List[bytes], progress: Callable[[int, int], None]) -> List[tuple]:
         jobs = client.robustify_many(originals, concurrency=concurrency,

@@ -27,6 +27,8 @@ Verify = Literal["apgd", "pgd", "off"]
 Strength = Literal["high", "medium", "low"]
 DEFAULT_STRENGTH = "medium"
 DEFAULT_JPEG_QUALITY = 90
+# With texture masking, the share of the budget a pixel in a flat area may use (docs/quality.md measures it).
+TEXTURE_FLOOR = 0.25
 
 # Robustification effort: outer iterations MAXITER, inner steps T, random starts N.
 # "medium" is the paper's official setting (100 x (20 + 1) passes per image).
@@ -124,6 +126,8 @@ class RobustifyRequest(_Request):
         "smallest (needs verify; with verify off the whole change is written)"))
     smooth: bool = Field(True, description="an image larger than the model's input gets its change at the model's "
                                            "resolution, upsampled smoothly (no block pattern)")
+    texture: bool = Field(False, description="shape the change by the image: flat areas may move by at most "
+                                             "a quarter of delta, textured areas and edges by delta")
     survive: Optional[str] = Field(None, max_length=200, description=(
         "what the platform does to the file before its classifier, e.g. jpeg:75-95, resize:0.5-1.0, "
         "resize:0.5+jpeg:85: the robustifier optimises through it and the check runs on the file re-encoded "
@@ -199,8 +203,9 @@ class RobustifyRequest(_Request):
 
     def config_fields(self) -> dict:
         """Keyword arguments of the core's ``RobustifyConfig``."""
-        return self.model_dump(include={"iterations", "steps", "samples", "stop_patience", "stop_loss",
-                                        "plateau_window"})
+        return {**self.model_dump(include={"iterations", "steps", "samples", "stop_patience", "stop_loss",
+                                           "plateau_window"}),
+                "texture_floor": TEXTURE_FLOOR if self.texture else None}
 
 
 class AttackRequest(_Request):

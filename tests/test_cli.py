@@ -40,11 +40,11 @@ def image_folder(tmp_path_factory, fmnist_test):
     return d
 
 
-@pytest.mark.parametrize("norm,eps", [("linf", 0.1), ("l2", 1.5)])
-def test_robustify_writes_pngs_within_budget(tmp_path, torchscript_model, image_folder, norm, eps):
+@pytest.mark.parametrize("norm,eps,extra", [("linf", 0.1, ()), ("l2", 1.5, ()), ("linf", 0.1, ("--texture",))])
+def test_robustify_writes_pngs_within_budget(tmp_path, torchscript_model, image_folder, norm, eps, extra):
     out = tmp_path / "out"
     r = run("robustify", str(image_folder), "-o", str(out), "--model", str(torchscript_model), "--norm", norm,
-            "--epsilon", str(eps), "--iterations", "8", "--steps", "5")
+            "--epsilon", str(eps), "--iterations", "8", "--steps", "5", *extra)
     assert r.returncode == 0, r.stderr
     report = json.loads((out / "report.json").read_text())
     assert sorted(p.name for p in out.glob("*.png")) == ["a.png", "b.png", "c.png", "photo.png"]
@@ -56,6 +56,7 @@ def test_robustify_writes_pngs_within_budget(tmp_path, torchscript_model, image_
         assert entry[norm] <= eps + 1e-6
         assert entry["label_kept"] and "robust" in entry["verified"]
         assert entry["label_name"] == str(entry["label"])
+        assert ("texture" in entry) == bool(extra)  # with --texture: whether the shaped change was written
 
 
 def test_bad_arguments_get_one_line_and_nonzero_exit(tmp_path, torchscript_model, image_folder):

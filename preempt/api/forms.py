@@ -40,6 +40,8 @@ class RobustifyForm(_Form):
                                                            "further inside; low: the smallest")
     smooth: Optional[bool] = Field(None, description="an image larger than the model's input: the change at the "
                                                      "model's resolution, upsampled smoothly (default true)")
+    texture: Optional[bool] = Field(None, description="shape the change by the image: flat areas move by at most a "
+                                                      "quarter of delta (default false)")
     survive: Optional[str] = Field(None, max_length=200, description=(
         "what the platform does to the file before classifying it, e.g. jpeg:75-95, resize:0.5-1.0 or "
         "resize:0.5+jpeg:85: the protection is optimised through it and checked after it (default: none)"))

@@ -42,6 +42,9 @@ def test_a_job_is_stored_with_its_resolved_request_and_sent_to_the_queue(client)
     other = post(client, png(), strength="low", smooth="false").json()["job_id"]
     params = client.get(f"/v1/jobs/{other}").json()["params"]
     assert (params["strength"], params["smooth"]) == ("low", False)
+    assert request.texture is False and params["texture"] is False
+    shaped = post(client, png(), texture="true").json()["job_id"]
+    assert client.get(f"/v1/jobs/{shaped}").json()["params"]["texture"] is True
 
 
 def test_image_errors_map_to_status_codes_by_type(client):
@@ -61,7 +64,8 @@ def test_parameter_errors_name_the_field_and_create_no_job(client):
     for fields, field in (({"delta": "5"}, "delta"), ({"norm": "l3"}, "norm"), ({"iterations": "2001"}, "iterations"),
                           ({"verify": "maybe"}, "verify"), ({"model": "nope"}, "model"),
                           ({"strength": "max"}, "strength"), ({"survive": "jpeg:101"}, "survive"),
-                          ({"survive": "blur:3"}, "survive"), ({"survive": "resize:1-0.5"}, "survive")):
+                          ({"survive": "blur:3"}, "survive"), ({"survive": "resize:1-0.5"}, "survive"),
+                          ({"texture": "maybe"}, "texture")):
         r = post(client, png(), **fields)
         assert r.status_code == 422 and r.json()["error"] == "invalid_parameter", r.text
         assert r.json()["detail"].startswith(field + ":")
