@@ -333,6 +333,11 @@ class JobCard {
         ? `Strength ${r.strength}: the original already withstands the check, so it was left as it was.`
         : `Strength ${r.strength}: kept ${Math.round(r.scale * 100)}% of the change the robustifier found.`);
     }
+    if (r.texture !== undefined) {
+      items.push(r.texture
+        ? "Shaped by the image: flat areas changed least."
+        : "Not shaped: the check rejected the shaped change, so the change uses the whole budget everywhere.");
+    }
     items.push(`${r.passes} forward-backward passes of the classifier, ${r.iterations_run} iterations.`);
     const list = $(".report", this.el);
     list.replaceChildren(...items.map((t) => { const li = document.createElement("li"); li.textContent = t; return li; }));
@@ -410,7 +415,7 @@ function selectedModelNames(model) {
 
 function settingsFromForm() {
   return { model: $("#model").value, preset: $("#preset").value, delta: $("#delta").value.trim(),
-    strength: $("#strength").value };
+    strength: $("#strength").value, texture: $("#texture").checked ? "true" : undefined };
 }
 
 function init() {
