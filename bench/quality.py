@@ -1,14 +1,18 @@
 """What protection costs in visibility, and what each strength keeps of the protection (docs/quality.md).
 
     python -m bench.quality [-n 200] [--model fmnist-linf-ours-12ep] [--delta D] [--strengths high,medium,low]
-        [--attacks pgd,aa] [--photos examples/photos] [--photo-strengths high,medium,low]
+        [--attacks pgd,aa] [--photos examples/photos] [--photo-strengths high,medium,low] [--no-per-pixel]
         [--json F] [--markdown F] [--crops DIR]
+
+A setting is a strength, optionally with texture masking: ``medium+texture`` (the product's floor, a quarter
+of delta in flat areas) or ``medium+texture:0.5``.
 
 Fashion-MNIST: the first ``n`` test images through the product's pipeline (``protect_images``: robustify,
 8-bit PNG, the check on the written file, then the strength's shrinking) at each strength, from the same
 seed; then grey-box PGD-20 and AutoAttack (standard) on the written files. Per strength: PSNR (mean over
 the images that changed; the unchanged share beside it), SSIM (mean over all), the budget used (mean
-linf / delta), the verified rate, accuracy and gap closure under each attack, seconds per image.
+linf / delta), the share written with the texture-shaped change, the verified rate, robustification passes
+per image, accuracy and gap closure under each attack, seconds per image.
 
 Photos (``--photos``): each file in the folder through the same pipeline (its change at the model's
 resolution, upsampled, unless ``--no-smooth``), per strength and with the old per-pixel change
@@ -33,6 +37,7 @@ from preempt.core.protect import STRENGTHS, protect_images
 from preempt.core.robustify import RobustifyConfig
 from preempt.core.threat import ThreatModel
 from preempt.registry import DEFAULT_MODEL, card_for
+from preempt.request import TEXTURE_FLOOR
 
 
 def summarise(reports: list, seconds: float) -> dict:
@@ -43,9 +48,22 @@ def summarise(reports: list, seconds: float) -> dict:
         "ssim": statistics.mean(r["ssim"] for r in reports),
         "budget_used": statistics.mean((r["linf"] if r["norm"] == "linf" else r["l2"]) / r["delta"] for r in reports),
         "verified": sum(bool(r.get("verified", {}).get("robust")) for r in reports) / len(reports),
+        "shaped": sum(bool(r.get("texture")) for r in reports) / len(reports),
+        "passes": statistics.mean(r["passes"] for r in reports),
         "mean_scale": statistics.mean(r.get("scale", 1.0) for r in reports),
         "seconds_per_image": seconds / len(reports),
     }
+
+
+def setting(name: str) -> tuple:
+    """``(strength, texture_floor)`` of a setting's name: ``medium``, ``medium+texture`` (the product's floor) or
+    ``medium+texture:0.5``."""
+    strength, _, texture = name.partition("+")
+    if strength not in STRENGTHS or texture.split(":")[0] not in ("", "texture"):
+        raise SystemExit(f"unknown setting {name!r}: a strength ({', '.join(STRENGTHS)}), optionally +texture[:FLOOR]")
+    if not texture:
+        return strength, None
+    return strength, float(texture.split(":")[1]) if ":" in texture else TEXTURE_FLOOR
 
 
 def fashion_mnist_rows(args, clf, threat) -> list:
@@ -55,15 +73,17 @@ def fashion_mnist_rows(args, clf, threat) -> list:
     rows = [{"strength": "none (originals)", **robust_accuracy(model, x, y, threat, attacks, args.batch)}]
     print(rows[0], flush=True)
     images = [DecodedImage(pixels=xi, alpha=None, format="png") for xi in x]
-    for strength in args.strengths.split(","):
+    for name in args.strengths.split(","):
+        strength, floor = setting(name)
         torch.manual_seed(0)
         start = time.perf_counter()
         results = []
         for k in range(0, len(images), args.batch):
-            results += protect_images(model, images[k:k + args.batch], threat, RobustifyConfig(), strength=strength)
+            results += protect_images(model, images[k:k + args.batch], threat, RobustifyConfig(texture_floor=floor),
+                                      strength=strength)
         seconds = time.perf_counter() - start
         xr = torch.stack([r.pixels for r in results])
-        row = {"strength": strength, **summarise([r.report for r in results], seconds),
+        row = {"strength": name, **summarise([r.report for r in results], seconds),
                **robust_accuracy(model, xr, y, threat, attacks, args.batch)}
         for a in attacks:
             row[f"gap_closure_{a}"] = gap_closure(rows[0], row, f"greybox_{a}")
@@ -76,14 +96,16 @@ def photo_rows(args, clf, threat) -> list:
     rows = []
     files = sorted(p for p in Path(args.photos).iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".webp"))
     size = tuple(clf.spec.input_size) if clf.spec.input_size else None
-    settings = [(s, size) for s in args.photo_strengths.split(",")] + [("high/per-pixel", None)]
+    settings = [(s, size) for s in args.photo_strengths.split(",")] + ([("high/per-pixel", None)]
+                                                                       if args.per_pixel else [])
     for path in files:
         img = decode(path.read_bytes())
         for name, smooth in settings:
-            strength = name.split("/")[0]
+            strength, floor = setting(name.split("/")[0])
             torch.manual_seed(0)
             start = time.perf_counter()
-            r = protect_images(clf.model, [img], threat, RobustifyConfig(smooth_size=smooth), strength=strength)[0]
+            r = protect_images(clf.model, [img], threat, RobustifyConfig(smooth_size=smooth, texture_floor=floor),
+                               strength=strength)[0]
             row = {"photo": path.name, "size": f"{img.pixels.shape[2]}x{img.pixels.shape[1]}", "strength": name,
                    **summarise([r.report], time.perf_counter() - start)}
             rows.append(row)
@@ -110,7 +132,7 @@ def save_crop(folder: Path, path: Path, img: DecodedImage, protected: torch.Tens
     out = Image.new("RGB", (a.width * 2 + 8, a.height), "white")
     out.paste(a, (0, 0))
     out.paste(b, (a.width + 8, 0))
-    out.save(folder / f"{path.stem}-{name.replace('/', '-')}.png")
+    out.save(folder / f"{path.stem}-{name.replace('/', '-').replace('+', '-').replace(':', '')}.png")
 
 
 def main() -> None:
@@ -123,6 +145,8 @@ def main() -> None:
     p.add_argument("--delta", type=float, default=None, help="the protection's budget (default: epsilon)")
     p.add_argument("--batch", type=int, default=100)
     p.add_argument("--photos", default=None, help="a folder of photos (examples/photos)")
+    p.add_argument("--no-per-pixel", dest="per_pixel", action="store_false",
+                   help="photos: leave out the per-pixel change at strength high (the earlier defaults)")
     p.add_argument("--crops", default=None, help="write before/after crops of the photos here")
     p.add_argument("--json", default=None)
     p.add_argument("--markdown", default=None)
@@ -136,13 +160,14 @@ def main() -> None:
         result["rows"] = fashion_mnist_rows(args, clf, threat)
     if args.photos:
         result["photos"] = photo_rows(args, clf, threat)
-    cols = ["strength", "psnr_changed", "unchanged", "ssim", "budget_used", "mean_scale", "verified", "clean",
+    cols = ["strength", "psnr_changed", "unchanged", "ssim", "budget_used", "mean_scale", "shaped", "verified",
+            "passes", "clean",
             *[f"greybox_{a}" for a in args.attacks.split(",")],
             *[f"gap_closure_{a}" for a in args.attacks.split(",")], "seconds_per_image"]
     md = emit(result, cols, args.json, None) if result["rows"] else ""
     if result["photos"]:
         md += emit({"rows": result["photos"]}, ["photo", "size", "strength", "psnr_changed", "ssim", "budget_used",
-                                                "mean_scale", "verified", "seconds_per_image"])
+                                                "mean_scale", "shaped", "verified", "passes", "seconds_per_image"])
     if args.markdown:
         Path(args.markdown).write_text(md)
 
