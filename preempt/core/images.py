@@ -91,30 +91,38 @@ def quantize_within_budget(x_rob: torch.Tensor, x_orig: torch.Tensor, norm: str,
     return result[0] if single else result
 
 
+def to_pil(arr: np.ndarray) -> Image.Image:
+    """The Pillow image of an 8-bit array ``[H, W, C]`` (C = 1: greyscale "L", 3: "RGB")."""
+    return Image.fromarray(arr[..., 0], "L") if arr.shape[-1] == 1 else Image.fromarray(arr, "RGB")
+
+
+def _to_pil(pixels: torch.Tensor) -> Image.Image:
+    """``pixels`` ``[C, H, W]`` in [0, 1], rounded to 8 bits, as a Pillow image."""
+    return to_pil(np.round(pixels.detach().cpu().clamp(0, 1).numpy() * 255).astype(np.uint8).transpose(1, 2, 0))
+
+
+def jpeg_bytes(img: Image.Image, quality: int) -> bytes:
+    """Pillow's JPEG of ``img`` at ``quality`` (greyscale as one component, colour with Pillow's default 4:2:0
+    chroma subsampling): the one encoder the product writes and the transforms re-encode with."""
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=int(quality))
+    return buf.getvalue()
+
+
 def encode_png(pixels: torch.Tensor, alpha: Optional[np.ndarray] = None) -> bytes:
     """Lossless PNG of ``pixels`` ``[C, H, W]`` in [0, 1] (C = 1 or 3), with ``alpha`` if given."""
-    arr = np.round(pixels.detach().cpu().clamp(0, 1).numpy() * 255).astype(np.uint8)
-    if arr.shape[0] == 1:
-        img = Image.fromarray(arr[0], mode="L")
-        if alpha is not None:
-            img = Image.merge("LA", (img, Image.fromarray(alpha, mode="L")))
-    else:
-        img = Image.fromarray(arr.transpose(1, 2, 0), mode="RGB")
-        if alpha is not None:
-            img = Image.merge("RGBA", (*img.split(), Image.fromarray(alpha, mode="L")))
+    img = _to_pil(pixels)
+    if alpha is not None:
+        img = Image.merge(img.mode + "A", (*img.split(), Image.fromarray(alpha, mode="L")))
     buf = io.BytesIO()
     img.save(buf, format="PNG", optimize=False)
     return buf.getvalue()
 
 
 def encode_jpeg(pixels: torch.Tensor, quality: int) -> bytes:
-    """JPEG of ``pixels`` ``[C, H, W]`` in [0, 1] at ``quality`` (Pillow; grayscale as one component, colour with
-    Pillow's default 4:2:0 chroma subsampling). JPEG holds no transparency."""
-    arr = np.round(pixels.detach().cpu().clamp(0, 1).numpy() * 255).astype(np.uint8)
-    img = Image.fromarray(arr[0], mode="L") if arr.shape[0] == 1 else Image.fromarray(arr.transpose(1, 2, 0), mode="RGB")
-    buf = io.BytesIO()
-    img.save(buf, format="JPEG", quality=int(quality))
-    return buf.getvalue()
+    """JPEG of ``pixels`` ``[C, H, W]`` in [0, 1] at ``quality`` (:func:`jpeg_bytes`). JPEG holds no
+    transparency."""
+    return jpeg_bytes(_to_pil(pixels), quality)
 
 
 def ssim(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -36,6 +36,8 @@ from PIL import Image
 
 from preempt.transformspec import Stage, check_points, format_spec, parse_spec
 
+from .images import jpeg_bytes, to_pil
+
 
 def _to_uint8(x: torch.Tensor) -> np.ndarray:
     """``[B, C, H, W]`` in [0, 1] -> ``[B, H, W, C]`` uint8 (rounded, as a file holds it)."""
@@ -49,10 +51,6 @@ def _from_uint8(arrays: Sequence[np.ndarray], like: torch.Tensor) -> torch.Tenso
     return out.permute(0, 3, 1, 2).contiguous().to(like.dtype)
 
 
-def _pil(a: np.ndarray) -> Image.Image:
-    return Image.fromarray(a[..., 0], "L") if a.shape[-1] == 1 else Image.fromarray(a, "RGB")
-
-
 def resized_size(shape: Tuple[int, int], scale: float) -> Tuple[int, int]:
     """``(H, W)`` of an image of ``shape`` resized by ``scale`` (rounded, at least 1 pixel)."""
     return max(1, round(shape[0] * scale)), max(1, round(shape[1] * scale))
@@ -60,15 +58,12 @@ def resized_size(shape: Tuple[int, int], scale: float) -> Tuple[int, int]:
 
 def pillow_jpeg(a: np.ndarray, quality: int) -> np.ndarray:
     """One ``[H, W, C]`` uint8 image through Pillow's JPEG encoder at ``quality`` and back."""
-    buf = io.BytesIO()
-    _pil(a).save(buf, "JPEG", quality=int(quality))
-    buf.seek(0)
-    out = np.asarray(Image.open(buf).convert("L" if a.shape[-1] == 1 else "RGB"))
+    out = np.asarray(Image.open(io.BytesIO(jpeg_bytes(to_pil(a), quality))).convert("L" if a.shape[-1] == 1 else "RGB"))
     return out[..., None] if out.ndim == 2 else out
 
 
 def pillow_resize(a: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
-    out = np.asarray(_pil(a).resize((size[1], size[0]), Image.Resampling.BICUBIC))
+    out = np.asarray(to_pil(a).resize((size[1], size[0]), Image.Resampling.BICUBIC))
     return out[..., None] if out.ndim == 2 else out
 
 
