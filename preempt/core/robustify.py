@@ -163,9 +163,10 @@ class InnerObjective:
     :meth:`attack_loss` (what the attack ascends) and :meth:`outer_loss` (what the update descends).
     """
 
-    def __init__(self, model: torch.nn.Module, threat: ThreatModel, cfg: RobustifyConfig):
+    def __init__(self, model: torch.nn.Module, threat: ThreatModel, cfg: RobustifyConfig, sent_as=None):
         self.model, self.threat, self.cfg = model, threat, cfg
-        self.sent_as = None  # a transforms.Transform applied to x_rob before the attack: the file in transit
+        # a transforms.Transform applied to x_rob before the attack: the file in transit (None: x_rob itself)
+        self.sent_as = None if sent_as is None or sent_as.identity else sent_as
         self.loss: LossFn = ce_loss if cfg.sigma is None else smoothed_loss(cfg.sigma, cfg.noise_samples)
 
     @property
@@ -449,9 +450,9 @@ def robustify(
     mask = texture_mask(x_orig, cfg.texture_floor) if cfg.texture_floor is not None and not maximize else None
     if mask is not None:  # the wrapped update starts where the masked point is x_init (or as near as it may)
         x_init = geometry.project(x_orig + (x_init - x_orig) / mask, x_orig, delta)
-    inner = objective or InnerObjective(model, threat, cfg)
-    if sent_as is not None and not sent_as.identity:
-        inner.sent_as = sent_as
+    if objective is not None and sent_as is not None:
+        raise ValueError("sent_as belongs to the objective: pass InnerObjective(..., sent_as=) instead")
+    inner = objective or InnerObjective(model, threat, cfg, sent_as=sent_as)
     smooth = (not maximize and cfg.smooth_size is not None
               and any(n > m for n, m in zip(x_orig.shape[-2:], cfg.smooth_size)))
     if smooth:
