@@ -43,23 +43,10 @@ from preempt.registry import DEFAULT_MODEL, card_for
 
 
 def attack_columns(model, x, y, threat, columns, attacks, adaptive_aa=None) -> dict:
-    """``{column: {key: bool[B]}}`` of :func:`transform_robustness` for each column (the untransformed ``none``
-    column is the plain attack, adaptive and non-adaptive alike)."""
+    """``{column: {key: bool[B]}}`` of :func:`transform_robustness` for each column."""
     plain = {name: attack_fn(name, model, threat)(x, y, threat.epsilon) for name in attacks}
-    out = {}
-    for spec in columns:
-        t = Transform(spec)
-        if t.identity:
-            with torch.no_grad():
-                clean = model(x).argmax(1) == y
-                masks = {"clean": clean}
-                for name in attacks:
-                    masks[name] = masks[f"{name}_adaptive"] = masks[f"{name}_nonadaptive"] = (
-                        clean & (model(plain[name]).argmax(1) == y))
-        else:
-            masks = transform_robustness(model, x, y, threat, t, attacks, plain, adaptive_aa=adaptive_aa)
-        out[t.spec] = masks
-    return out
+    return {Transform(spec).spec: transform_robustness(model, x, y, threat, Transform(spec), attacks, plain,
+                                                       adaptive_aa=adaptive_aa) for spec in columns}
 
 
 def main(argv=None) -> int:

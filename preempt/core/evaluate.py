@@ -74,10 +74,19 @@ def transform_robustness(model: torch.nn.Module, x: torch.Tensor, y: torch.Tenso
     every point) and, per attack, ``A_adaptive``, ``A_nonadaptive`` and ``A``: robust against both (an
     attacker who tries both; the weaker of the two for the defender). ``adaptive_aa``: the AutoAttack components
     the adaptive attacker runs through ``T`` (default all four; ``("apgd-ce", "apgd-t")`` where Square's 5000
-    queries, each a codec call per image, cost too much).
+    queries, each a codec call per image, cost too much). An identity ``T`` (``none``) costs no attack: both
+    attackers are the plain one.
     """
     from .transforms import Transformed
 
+    if transform.identity:
+        with torch.no_grad():
+            clean = model(x).argmax(1) == y
+            out = {"clean": clean}
+            for name in attacks:
+                out[name] = out[f"{name}_adaptive"] = out[f"{name}_nonadaptive"] = (
+                    clean & (model(plain_adv[name]).argmax(1) == y))
+        return out
     out = {"clean": torch.ones(len(x), dtype=torch.bool, device=x.device)}
     for name in attacks:
         out[f"{name}_adaptive"] = torch.ones_like(out["clean"])

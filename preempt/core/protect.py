@@ -261,6 +261,7 @@ def protect_images(model: torch.nn.Module, images: List[DecodedImage], threat: T
             passes[idx] += again.passes_per_image.to(passes.device)
             retried[idx.cpu()] = True
     kept, decoded = written.kept, written.decoded
+    after = [p.spec for p in survive.points()] if survive is not None else None
     out = []
     for i, data in enumerate(written.data):
         report = {
@@ -275,7 +276,7 @@ def protect_images(model: torch.nn.Module, images: List[DecodedImage], threat: T
         if robust is not None:
             report["verified"] = {"attack": VERIFY_ATTACKS[verify_attack], "robust": bool(robust[i])}
             if survive is not None:
-                report["verified"]["after"] = [p.spec for p in survive.points()]
+                report["verified"]["after"] = list(after)
         if survive is not None:
             report["survive"] = survive.spec
         if sent_as is not None:
