@@ -22,6 +22,7 @@ resolution, upsampled, unless ``--no-smooth``), per strength and with the old pe
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import time
 from pathlib import Path
@@ -66,7 +67,7 @@ def setting(name: str) -> tuple:
     return strength, float(texture.split(":")[1]) if ":" in texture else TEXTURE_FLOOR
 
 
-def fashion_mnist_rows(args, clf, threat) -> list:
+def fashion_mnist_rows(args, clf, threat, save=lambda rows: None) -> list:
     x, y = fashion_mnist("test", limit=args.n)[:2]
     model = clf.model
     attacks = args.attacks.split(",")
@@ -89,6 +90,7 @@ def fashion_mnist_rows(args, clf, threat) -> list:
             row[f"gap_closure_{a}"] = gap_closure(rows[0], row, f"greybox_{a}")
         rows.append(row)
         print(row, flush=True)
+        save(rows)  # a run stopped early keeps the rows it finished
     return rows
 
 
@@ -156,8 +158,13 @@ def main() -> None:
     threat = ThreatModel(threat_card["norm"], threat_card["epsilon"], args.delta)
     result = {"model": args.model, "n": args.n, "threat": {**threat_card, "delta": threat.delta}, "rows": [],
               "photos": []}
+    def save(rows):
+        if args.json:
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(json.dumps({**result, "rows": rows}, indent=2) + "\n")
+
     if args.n:
-        result["rows"] = fashion_mnist_rows(args, clf, threat)
+        result["rows"] = fashion_mnist_rows(args, clf, threat, save)
     if args.photos:
         result["photos"] = photo_rows(args, clf, threat)
     cols = ["strength", "psnr_changed", "unchanged", "ssim", "budget_used", "mean_scale", "shaped", "verified",
