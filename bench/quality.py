@@ -161,7 +161,7 @@ def main() -> None:
     def save(rows):
         if args.json:
             Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.json).write_text(json.dumps({**result, "rows": rows}, indent=2) + "\n")
+            Path(args.json).write_text(json.dumps({**result, "rows": rows}, indent=2, default=str) + "\n")
 
     if args.n:
         result["rows"] = fashion_mnist_rows(args, clf, threat, save)
@@ -171,7 +171,8 @@ def main() -> None:
             "passes", "clean",
             *[f"greybox_{a}" for a in args.attacks.split(",")],
             *[f"gap_closure_{a}" for a in args.attacks.split(",")], "seconds_per_image"]
-    md = emit(result, cols, args.json, None) if result["rows"] else ""
+    md = emit(result, cols) if result["rows"] else ""
+    save(result["rows"])  # the photos too
     if result["photos"]:
         md += emit({"rows": result["photos"]}, ["photo", "size", "strength", "psnr_changed", "ssim", "budget_used",
                                                 "mean_scale", "shaped", "verified", "passes", "seconds_per_image"])
