@@ -153,6 +153,8 @@ def main() -> None:
     p.add_argument("--json", default=None)
     p.add_argument("--markdown", default=None)
     args = p.parse_args()
+    for name in args.strengths.split(",") + args.photo_strengths.split(","):
+        setting(name)  # a setting it does not know stops it before any work
     clf = load_classifier(args.model)
     threat_card = card_for(args.model).get("threat") or {"norm": "linf", "epsilon": 0.1}
     threat = ThreatModel(threat_card["norm"], threat_card["epsilon"], args.delta)

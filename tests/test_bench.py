@@ -168,3 +168,31 @@ def test_transforms_bench_writes_its_table(tmp_path):
     for row in table["rows"][1:]:
         assert row["passes_per_image"] > 0 and 0 < row["ssim"] <= 1 and "jpeg:75:gap_closure_pgd" in row
     assert "| survive jpeg:75-95 |" in r.stdout
+
+
+def test_quality_bench_measures_each_setting_on_real_images_and_photos(tmp_path):
+    """bench.quality on 3 real test images and one real photo (matplotlib's public-domain portrait, 48x56):
+    a row per setting with the shaped share (0 without texture), the budget kept, and the photo's row; a
+    setting it does not know is one line and a non-zero exit."""
+    import matplotlib.cbook
+    from PIL import Image
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    with Image.open(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)) as img:
+        img.convert("RGB").resize((48, 56), Image.BICUBIC).save(photos / "portrait.png")
+    out = tmp_path / "q.json"
+    r = subprocess.run([sys.executable, "-m", "bench.quality", "-n", "3", "--strengths", "high,medium+texture",
+                        "--attacks", "pgd", "--photos", str(photos), "--photo-strengths", "medium+texture:0.5",
+                        "--no-per-pixel", "--json", str(out)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert [row["strength"] for row in result["rows"]] == ["none (originals)", "high", "medium+texture"]
+    high, shaped = result["rows"][1], result["rows"][2]
+    assert high["shaped"] == 0 and 0 <= shaped["shaped"] <= 1
+    assert all(row["budget_used"] <= 1 + 1e-6 and row["passes"] > 0 for row in (high, shaped))
+    assert [p["strength"] for p in result["photos"]] == ["medium+texture:0.5"]
+    assert result["photos"][0]["size"] == "48x56" and result["photos"][0]["verified"] in (0.0, 1.0)
+    bad = subprocess.run([sys.executable, "-m", "bench.quality", "-n", "1", "--strengths", "invisible"],
+                         capture_output=True, text=True)
+    assert bad.returncode != 0 and "unknown setting 'invisible'" in bad.stderr
