@@ -170,3 +170,6 @@ def test_chunk_identity_follows_the_stop_threshold_that_runs():
     assert _robustify_identity(ln2, SETTINGS["l2"], ThreatModel("l2", 1.5, 1.5))["stop_loss"] is None
     assert key("linf", RobustifyConfig()) == key("linf", ln2)  # linf keeps ln 2: its cached chunks stay valid
     assert key("smoothing", RobustifyConfig()) == key("smoothing", ln2)  # smoothed l2 keeps ln 2 too
+    # a field added later leaves the cached chunks' keys as they were at its default, and is keyed when set
+    assert "texture_floor" not in _robustify_identity(RobustifyConfig(), SETTINGS["linf"], ThreatModel("linf", 0.1))
+    assert key("linf", RobustifyConfig(texture_floor=0.25)) != key("linf", RobustifyConfig())

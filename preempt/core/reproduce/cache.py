@@ -50,12 +50,13 @@ def robustify_identity(rcfg, setting: Setting, threat: ThreatModel) -> dict:
 
     The identity format names the outer loss (always the cross-entropy) and writes a ``stop_loss`` of
     ln 2 as ``None``; any other threshold, resolved for the norm (0.1 for l2 on plain classifiers), is
-    written out. A chunk is so reused exactly when the same threshold runs again. ``smooth_size`` appears
-    only when set (the reproduction's 28x28 images never use it), so older chunks keep their keys.
+    written out. A chunk is so reused exactly when the same threshold runs again. ``smooth_size`` and
+    ``texture_floor`` appear only when set (the reproduction uses neither), so older chunks keep their keys.
     """
     ident = {**asdict(rcfg), "outer_loss": "ce"}
-    if ident.get("smooth_size") is None:  # a field added later: its default leaves the identity as it was
-        ident.pop("smooth_size", None)
+    for later in ("smooth_size", "texture_floor"):  # fields added later: their defaults leave the identity as it was
+        if ident.get(later) is None:
+            ident.pop(later, None)
     stop = rcfg.stop_loss if rcfg.stop_loss is not None else default_stop_loss(threat, setting.sigma)
     ident["stop_loss"] = None if stop == math.log(2) else stop
     return ident
