@@ -96,9 +96,14 @@ def to_pil(arr: np.ndarray) -> Image.Image:
     return Image.fromarray(arr[..., 0], "L") if arr.shape[-1] == 1 else Image.fromarray(arr, "RGB")
 
 
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    """``[B, C, H, W]`` in [0, 1] -> ``[B, H, W, C]`` uint8 (rounded, as a file holds it)."""
+    return np.round(x.detach().clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy() * 255).astype(np.uint8)
+
+
 def _to_pil(pixels: torch.Tensor) -> Image.Image:
     """``pixels`` ``[C, H, W]`` in [0, 1], rounded to 8 bits, as a Pillow image."""
-    return to_pil(np.round(pixels.detach().cpu().clamp(0, 1).numpy() * 255).astype(np.uint8).transpose(1, 2, 0))
+    return to_pil(to_uint8(pixels[None])[0])
 
 
 def jpeg_bytes(img: Image.Image, quality: int) -> bytes:

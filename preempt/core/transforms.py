@@ -36,12 +36,7 @@ from PIL import Image
 
 from preempt.transformspec import Stage, check_points, format_spec, parse_spec
 
-from .images import jpeg_bytes, to_pil
-
-
-def _to_uint8(x: torch.Tensor) -> np.ndarray:
-    """``[B, C, H, W]`` in [0, 1] -> ``[B, H, W, C]`` uint8 (rounded, as a file holds it)."""
-    return np.round(x.detach().clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy() * 255).astype(np.uint8)
+from .images import jpeg_bytes, to_pil, to_uint8
 
 
 def _from_uint8(arrays: Sequence[np.ndarray], like: torch.Tensor) -> torch.Tensor:
@@ -120,7 +115,7 @@ def enlarge(x: torch.Tensor, factor: int) -> torch.Tensor:
     if factor == 1:
         return x
     size = (x.shape[-2] * factor, x.shape[-1] * factor)
-    return _from_uint8([pillow_resize(a, size) for a in _to_uint8(x)], x)
+    return _from_uint8([pillow_resize(a, size) for a in to_uint8(x)], x)
 
 
 class Transform:
@@ -163,7 +158,7 @@ class Transform:
 
     @staticmethod
     def _real_stage(stage: Stage, x: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-        arrays = _to_uint8(x)
+        arrays = to_uint8(x)
         if stage.kind == "jpeg":
             out = [pillow_jpeg(a, int(q)) for a, q in zip(arrays, values.tolist())]
         else:
