@@ -335,6 +335,12 @@ def cmd_reproduce(args) -> int:
 
 
 # ---------------------------------------------------------------- parser
+def _add_texture(p):
+    p.add_argument("--texture", action=argparse.BooleanOptionalAction, default=None,
+                   help="shape the change by the image: flat areas (sky, skin, background) may move by a quarter of "
+                        "delta, textured areas and edges by delta (docs/quality.md)")
+
+
 def _add_threat(p, default_norm=None, default_epsilon=None):
     card = " (default: the model card's)" if default_norm is None else " (default %(default)s)"
     p.add_argument("--norm", choices=["linf", "l2"], default=default_norm, help="the threat's norm" + card)
@@ -427,9 +433,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-smooth", dest="smooth", action="store_false", default=None,
                    help="for images larger than the model's input: change every pixel on its own instead of a "
                         "change at the model's resolution upsampled smoothly")
-    p.add_argument("--texture", action=argparse.BooleanOptionalAction, default=None,
-                   help="shape the change by the image: flat areas (sky, skin, background) may move by a quarter of "
-                        "delta, textured areas and edges by delta (docs/quality.md)")
+    _add_texture(p)
     p.add_argument("--survive", default=None, metavar="SPEC",
                    help="what the platform does to the file before classifying it, e.g. jpeg:75-95, resize:0.5-1.0, "
                         "resize:0.5+jpeg:85: robustify through it and check the file after it at the ends and middle "
@@ -486,9 +490,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also evaluate after what the platform does to the file (repeatable), e.g. jpeg:75, "
                         "resize:0.5, jpeg:75-95 (its ends and middle), resize:0.5+jpeg:85; the attacker tries both "
                         "attacking through it and ignoring it (docs/transforms.md)")
-    p.add_argument("--texture", action=argparse.BooleanOptionalAction, default=None,
-                   help="shape the change by the image: flat areas (sky, skin, background) may move by a quarter of "
-                        "delta, textured areas and edges by delta (docs/quality.md)")
+    _add_texture(p)
     p.add_argument("--survive", default=None, metavar="SPEC", help="robustify through this transform (see --transform)")
     p.add_argument("--upscale", type=_positive_int, default=1,
                    help="enlarge the test images by this factor first (Pillow bicubic, 8-bit), as a platform sees a "
