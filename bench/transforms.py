@@ -45,8 +45,9 @@ from preempt.registry import DEFAULT_MODEL, card_for
 def attack_columns(model, x, y, threat, columns, attacks, adaptive_aa=None) -> dict:
     """``{column: {key: bool[B]}}`` of :func:`transform_robustness` for each column."""
     plain = {name: attack_fn(name, model, threat)(x, y, threat.epsilon) for name in attacks}
-    return {Transform(spec).spec: transform_robustness(model, x, y, threat, Transform(spec), attacks, plain,
-                                                       adaptive_aa=adaptive_aa) for spec in columns}
+    transforms = [Transform(spec) for spec in columns]
+    return {t.spec: transform_robustness(model, x, y, threat, t, attacks, plain, adaptive_aa=adaptive_aa)
+            for t in transforms}
 
 
 def main(argv=None) -> int:

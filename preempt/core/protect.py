@@ -233,8 +233,9 @@ def protect_images(model: torch.nn.Module, images: List[DecodedImage], threat: T
     robust = written.robust
     robust_loss, stopped_at = result.robust_loss.clone(), result.stopped_at.clone()
     passes = result.passes_per_image.clone()
-    shaped = torch.full((len(images),), config is not None and config.texture_floor is not None)
-    if shaped.any() and robust is not None:  # texture masking the check rejects: the whole budget, as without it
+    shaping = config is not None and config.texture_floor is not None
+    shaped = torch.full((len(images),), shaping)
+    if shaping and robust is not None:  # texture masking the check rejects: the whole budget, as without it
         idx = (~robust).nonzero().flatten()
         if idx.numel():
             again, second, sc = attempt(replace(config, texture_floor=None), idx, label[idx],
@@ -284,7 +285,7 @@ def protect_images(model: torch.nn.Module, images: List[DecodedImage], threat: T
                            "linf_before_encoding": float((written.sent[i] - x_orig[i]).abs().max())})
         if retry:
             report["retried"] = bool(retried[i])
-        if config is not None and config.texture_floor is not None:
+        if shaping:
             report["texture"] = bool(shaped[i])
         if strength != "high" and verify:
             report["strength"], report["scale"] = strength, float(scale[i])
