@@ -16,6 +16,12 @@ defeats untargeted PGD more easily than targeted attacks (docs/science.md), so t
 would call images robust that AutoAttack still breaks. ``"pgd"`` is the PGD-20 x 5 check alone
 (cheaper, weaker).
 
+An image that early stopping cut short (its own attack's loss below the stopping loss) but that the check
+rejects runs on from the point where it stopped, for the rest of the outer iterations without early stopping;
+the new file replaces the first only if it passes the check (report: ``"continued"``). The paper's full loop
+makes most of these images robust; the ones that stopped on a plateau of high loss have no robust point a
+longer search finds (docs/science.md, finding 2), so they are not continued.
+
 ``retry=True`` sends the images the check rejects (label kept, not verified) back once, robustified
 again from the original with :data:`RETRY_CONFIG` (every outer iteration, no early stopping, with a
 targeted inner attack toward each of the 3 runner-up classes, the worst start driving the update); a
@@ -202,12 +208,12 @@ def protect_images(model: torch.nn.Module, images: List[DecodedImage], threat: T
 
     alphas = [img.alpha for img in images]
 
-    def attempt(cfg: Optional[RobustifyConfig], idx: torch.Tensor, labels, report_progress):
-        """Robustify the images ``idx`` under ``cfg``, keep the strength's scale of the change, write and check:
-        ``(RobustifyResult, _Written, scale)``."""
+    def attempt(cfg: Optional[RobustifyConfig], idx: torch.Tensor, labels, report_progress, x_init=None):
+        """Robustify the images ``idx`` under ``cfg`` (from ``x_init`` if given), keep the strength's scale of the
+        change, write and check: ``(RobustifyResult, _Written, scale)``."""
         x_o, al = x_orig[idx], [alphas[i] for i in idx.tolist()]
         res = robustify(model, x_o, threat, cfg, y=labels, progress=report_progress, transform=survive,
-                        sent_as=sent_as)
+                        sent_as=sent_as, x_init=x_init)
         x_out, sc = res.x_rob, torch.ones(len(al))
         if strength != "high" and verify:
             x_full = quantize_within_budget(res.x_rob, x_o, threat.norm, threat.delta)
@@ -233,6 +239,7 @@ def protect_images(model: torch.nn.Module, images: List[DecodedImage], threat: T
     robust = written.robust
     robust_loss, stopped_at = result.robust_loss.clone(), result.stopped_at.clone()
     passes = result.passes_per_image.clone()
+    x_float = result.x_rob.clone()  # each image's robustified point before rounding and scaling
     shaping = config is not None and config.texture_floor is not None
     shaped = torch.full((len(images),), shaping)
     if shaping and robust is not None:  # texture masking the check rejects: the whole budget, as without it
@@ -245,7 +252,27 @@ def protect_images(model: torch.nn.Module, images: List[DecodedImage], threat: T
             scale[idx.cpu()] = sc
             passes[idx] += again.passes_per_image.to(passes.device)
             robust_loss[idx], stopped_at[idx] = again.robust_loss, again.stopped_at
+            x_float[idx] = again.x_rob
             shaped[idx.cpu()] = False
+    continued = torch.zeros(len(images), dtype=torch.bool)
+    if robust is not None and (config is None or config.sigma is None):
+        # An image that early stopping cut short with its own attack's loss low, but that the check rejects: the
+        # stop trusted a PGD start the check's stronger attacks overturn. It runs on from where it stopped, for
+        # the rest of the loop without early stopping, and the new file replaces the first if it passes.
+        full = replace(config or RobustifyConfig(), texture_floor=None).resolved(threat)
+        idx = (written.kept & ~robust & (robust_loss < full.stop_loss) & (stopped_at < full.iterations)).nonzero().flatten()
+        if idx.numel():
+            cfg2 = replace(full, stop_patience=0, plateau_window=0,
+                           iterations=full.iterations - int(stopped_at[idx].min()))
+            again, second, sc = attempt(cfg2, idx, label[idx], holding(full.iterations), x_init=x_float[idx])
+            rows = idx.tolist()
+            written.take(rows, second, only=second.robust)
+            took = second.robust.to(idx.device)
+            scale[idx[took].cpu()] = sc[took.cpu()]
+            passes[idx] += again.passes_per_image.to(passes.device)
+            robust_loss[idx[took]] = again.robust_loss[took]
+            stopped_at[idx[took]] += again.stopped_at[took]
+            continued[idx.cpu()] = True
     retried = torch.zeros(len(images), dtype=torch.bool)
     if retry and robust is not None and (config is None or config.sigma is None):
         idx = (written.kept & ~robust).nonzero().flatten()
@@ -283,6 +310,8 @@ def protect_images(model: torch.nn.Module, images: List[DecodedImage], threat: T
         if sent_as is not None:
             report.update({"format": "jpeg", "quality": int(quality),
                            "linf_before_encoding": float((written.sent[i] - x_orig[i]).abs().max())})
+        if robust is not None:
+            report["continued"] = bool(continued[i])
         if retry:
             report["retried"] = bool(retried[i])
         if shaping:

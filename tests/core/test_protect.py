@@ -63,6 +63,31 @@ def test_retry_only_touches_rejected_images_and_only_keeps_what_passes(adv_model
     assert sum(r.report["verified"]["robust"] for r in again) >= sum(r.report["verified"]["robust"] for r in first)
 
 
+def test_images_cut_short_that_the_check_rejects_run_on_from_where_they_stopped(adv_model, fmnist_test):
+    """Early stopping that trusts too weak an attack (here: any loss under 3 after one iteration) leaves images
+    the check rejects; those run on, warm, for the rest of the loop, and a continued file replaces the first only
+    if it passes: every file stays inside delta with its label, some continued files pass the check, and an image
+    the first try protected is not touched."""
+    x, _ = fmnist_test
+    images = [decode(encode_png(x[i])) for i in range(32)]
+    threat = ThreatModel("linf", 0.1)
+    cfg = RobustifyConfig(iterations=30, stop_patience=1, stop_loss=3.0)
+    torch.manual_seed(0)
+    out = protect_images(adv_model, images, threat, cfg, strength="high")
+    continued = [r.report for r in out if r.report["continued"]]
+    assert continued, "the weak fixture model should leave images the check rejects"
+    first_try = 2 * 21 + 1  # one iteration, the confirming attack, the label
+    for r in out:
+        rep = r.report
+        assert rep["linf"] <= threat.delta + 1e-6 and rep["label_kept"]
+        if rep["continued"]:
+            assert rep["passes"] >= first_try + 20 * 21  # it ran on, without stopping early, from iteration 2
+        elif rep["iterations_run"] == 1:  # stopped after one iteration and not continued: it passed the check
+            assert rep["verified"]["robust"] and rep["passes"] <= first_try
+    assert any(rep["verified"]["robust"] for rep in continued)
+    assert any(rep["verified"]["robust"] and rep["iterations_run"] == 30 for rep in continued)
+
+
 def test_retry_config_sets_the_second_tries_cost(adv_model, fmnist_test):
     """A cheaper second try (``retry_config``) runs on the same rejected images for its own number of
     passes: the full loop's T + 1 passes per outer iteration times its number of starts (1 for

@@ -1,0 +1,166 @@
+"""The product's defaults against the paper's loop: protection, speed and the report's trust, one run.
+
+    python -m bench.defaults [-n 1000] [--model fmnist-linf-ours-12ep] [--norm linf] [--attacks pgd,aa]
+        [--rows paper-loop,defaults] [--json F] [--markdown F]
+
+The same first ``n`` Fashion-MNIST test images, the same model, on this machine:
+
+- ``paper-loop``: Algorithm 1 as the official code runs it (100 outer iterations, T = 20, N = 1, a random start
+  in the delta ball, no early stopping), rounded to 8 bits inside the budget; nothing verified. Timed: the
+  robustification alone.
+- ``defaults``: the product's pipeline at the defaults of a request that names only the model
+  (``RobustifyRequest.resolve`` then ``pipeline.protect``: robustify, the strength's scale, PNG written and
+  decoded, the report's check, the continuation of the images it rejects). Timed: all of it.
+
+Each row: images per second and its ratio to ``paper-loop``; the classifier passes per image of each part
+(``robustify``: the robustifier's own; ``scale``: choosing the strength's scale; ``check``: the report's check;
+a pass is one image through the classifier, forward and input gradient, or forward alone); clean and grey-box
+accuracy (PGD-20; AutoAttack standard: APGD-CE, APGD-T, FAB-T, Square 5000) and gap closure against the
+originals; with a check, the share of images the report calls robust and ``trust_error``: the share of those
+that full AutoAttack breaks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from contextlib import contextmanager
+
+import torch
+
+from bench import emit, robust_accuracy
+from preempt.core.data import fashion_mnist
+from preempt.core.evaluate import gap_closure
+from preempt.core.images import DecodedImage, quantize_within_budget
+from preempt.core.models import load_classifier
+from preempt.core.robustify import RobustifyConfig, robustify
+from preempt.core.threat import ThreatModel
+from preempt.registry import DEFAULT_MODEL
+
+PAPER_LOOP = RobustifyConfig(iterations=100, steps=20, samples=1, init="random", stop_patience=0, plateau_window=0)
+ROWS = ("paper-loop", "defaults")
+
+
+class Counted(torch.nn.Module):
+    """The classifier, counting the images it sees per part (``part`` set by the caller)."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model, self.part, self.counts = model, "other", {}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.counts[self.part] = self.counts.get(self.part, 0) + x.shape[0]
+        return self.model(x)
+
+    @contextmanager
+    def counting(self, part: str):
+        before, self.part = self.part, part
+        try:
+            yield
+        finally:
+            self.part = before
+
+
+def watch_parts(counted: Counted) -> None:
+    """Count the passes of the strength's scale and of the report's check apart from the robustifier's."""
+    from preempt.core import protect
+
+    def part(fn, name):
+        def wrapped(*a, **kw):
+            if counted.part != "robustify":  # the check inside the scale's search counts as the scale
+                return fn(*a, **kw)
+            with counted.counting(name):
+                return fn(*a, **kw)
+        return wrapped
+
+    protect.smallest_scale = part(protect.smallest_scale, "scale")
+    protect.verify_through = part(protect.verify_through, "check")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("-n", type=int, default=1000)
+    ap.add_argument("--model", default=DEFAULT_MODEL)
+    ap.add_argument("--norm", choices=["linf", "l2"], default=None, help="default: the model card's")
+    ap.add_argument("--attacks", default="pgd,aa")
+    ap.add_argument("--rows", default=",".join(ROWS))
+    ap.add_argument("--batch", type=int, default=250)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json")
+    ap.add_argument("--markdown")
+    args = ap.parse_args(argv)
+    from preempt import pipeline
+    from preempt.request import RobustifyRequest
+
+    rows_wanted = [r for r in args.rows.split(",") if r]
+    if set(rows_wanted) - set(ROWS):
+        ap.error(f"unknown rows {sorted(set(rows_wanted) - set(ROWS))}; choose from {list(ROWS)}")
+    attacks = [a for a in args.attacks.split(",") if a]
+    protector = pipeline.load_protector(args.model)
+    request = RobustifyRequest.resolve(protector.judge.card, args.model, norm=args.norm)
+    threat = ThreatModel(**request.threat_fields())
+    counted = Counted(protector.judge.model)
+    protector.judge.model = protector.fast.model = counted
+    model = protector.judge.model
+    watch_parts(counted)
+    x, y = fashion_mnist("test", limit=args.n)[:2]
+    torch.manual_seed(args.seed)
+    with counted.counting("evaluation"):
+        rows = [{"row": "originals", **robust_accuracy(model, x, y, threat, attacks, args.batch)}]
+    print(rows[-1], flush=True)
+    base_rate = None
+    for name in rows_wanted:
+        torch.manual_seed(args.seed)
+        counted.counts = {}
+        t0 = time.perf_counter()
+        verified = None
+        if name == "paper-loop":
+            outs = []
+            with counted.counting("robustify"):
+                for i in range(0, len(x), args.batch):
+                    r = robustify(model, x[i:i + args.batch], threat, PAPER_LOOP)
+                    outs.append(quantize_within_budget(r.x_rob, x[i:i + args.batch], threat.norm, threat.delta))
+            xr = torch.cat(outs)
+        else:
+            results = []
+            with counted.counting("robustify"):
+                for i in range(0, len(x), args.batch):
+                    imgs = [DecodedImage(pixels=xi, alpha=None, format="png") for xi in x[i:i + args.batch]]
+                    results += pipeline.protect(request, protector, imgs)
+            xr = torch.stack([r.pixels for r in results])
+            if request.verify != "off":
+                verified = torch.tensor([r.report["verified"]["robust"] for r in results])
+        sec = time.perf_counter() - t0
+        counts = {part: round(c / len(x), 1) for part, c in counted.counts.items()}
+        row = {"row": name, "images_per_s": round(len(x) / sec, 3), "passes": round(sum(counts.values()), 1),
+               **{f"passes_{p}": c for p, c in counts.items()}}
+        base_rate = row["images_per_s"] if name == "paper-loop" else base_rate
+        if base_rate:
+            row["vs_paper_loop"] = round(row["images_per_s"] / base_rate, 2)
+        masks = {}
+        with counted.counting("evaluation"):
+            row.update(robust_accuracy(model, xr, y, threat, attacks, args.batch, masks=masks))
+        for a in attacks:
+            row[f"gap_closure_{a}"] = gap_closure(rows[0], row, f"greybox_{a}")
+        if verified is not None:
+            row["verified"] = float(verified.float().mean())
+            if "aa" in masks:
+                # the report speaks of the label it protected (the prediction); AutoAttack's mask of the true
+                # label, so an image counts here when it is correctly classified, called robust and broken
+                correct = torch.tensor([r.report["label"] for r in results]) == y
+                called = verified & correct
+                row["verified_broken_by_aa"] = int((called & ~masks["aa"]).sum())
+                row["trust_error"] = round(row["verified_broken_by_aa"] / max(1, int(called.sum())), 4)
+        rows.append(row)
+        print(row, flush=True)
+    cols = ["row", "images_per_s", "vs_paper_loop", "passes", "passes_robustify", "passes_scale", "passes_check",
+            "clean"] + [f"greybox_{a}" for a in attacks] + [f"gap_closure_{a}" for a in attacks] + \
+        ["verified", "verified_broken_by_aa", "trust_error"]
+    result = {"n_images": len(x), "model": args.model, "threat": request.threat_fields(),
+              "request": request.model_dump(), "threads": torch.get_num_threads(), "rows": rows}
+    emit(result, cols, args.json, args.markdown)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
