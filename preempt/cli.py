@@ -420,7 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_effort(p)
     p.add_argument("--report", default=None, help="report file (default OUTPUT/report.json)")
     p.add_argument("--verify", choices=["apgd", "pgd"], default=None,
-                   help="the check on the written PNG: apgd = PGD-20 x 5 then APGD-CE and APGD-T (default), "
+                   help="the check on the written PNG: apgd = PGD-20 then APGD-CE and APGD-T (default), "
                         "pgd = PGD-20 x 5 only (faster, weaker)")
     p.add_argument("--no-verify", action="store_true", help="skip the verification attack on the written PNG")
     p.add_argument("--retry", action="store_true", default=None,

@@ -117,7 +117,7 @@ class RobustifyRequest(_Request):
     plateau_window: int = Field(20, ge=0, le=MAX_ITERATIONS,
                                 description="stop an image whose loss fell less than 2% over this many iterations "
                                             "(0: off)")
-    verify: Verify = Field("apgd", description="the check on the written PNG: apgd (PGD-20 x 5, APGD-CE, APGD-T), "
+    verify: Verify = Field("apgd", description="the check on the written PNG: apgd (PGD-20, APGD-CE, APGD-T), "
                                                "pgd (PGD-20 x 5), off")
     retry: bool = Field(False, description="robustify once more the images the check rejects")
     strength: Strength = Field(DEFAULT_STRENGTH, description=(

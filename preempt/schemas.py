@@ -68,7 +68,7 @@ class Job(BaseModel):
                    "texture": False},
         "report": {"model": "fmnist-linf-ours-12ep", "norm": "linf", "epsilon": 0.1, "delta": 0.1, "linf": 0.098,
                    "l2": 1.18, "psnr": 26.0, "ssim": 0.93, "label": 2, "label_name": "Pullover", "label_kept": True,
-                   "verified": {"attack": "pgd-20x5+apgd-ce+apgd-t", "robust": True}, "passes": 168,
+                   "verified": {"attack": "pgd-20+apgd-ce+apgd-t", "robust": True}, "passes": 168,
                    "iterations_run": 8, "robust_loss": 0.21, "batch_size": 1, "seconds": 1.7}}]})
 
     job_id: str

@@ -321,7 +321,7 @@ class JobCard {
     items.push(`The classifier (${r.model}) calls it \u201c${r.label_name}\u201d` +
       (r.label_kept ? ", as it did the original." : ", which is not what it called the original."));
     if (r.verified) {
-      const attack = r.verified.attack.replace("pgd-20x5", "PGD-20 with 5 restarts").replace("apgd-ce", "APGD-CE").replace("apgd-t", "APGD-T (9 targets)").replaceAll("+", ", ");
+      const attack = r.verified.attack.replace("pgd-20x5", "PGD-20 with 5 restarts").replace(/^pgd-20(?=\+|$)/, "PGD-20").replace("apgd-ce", "APGD-CE").replace("apgd-t", "APGD-T (9 targets)").replaceAll("+", ", ");
       items.push(r.verified.robust
         ? `Verified: ${attack} at epsilon ${r.epsilon} could not change the label of the PNG as written.`
         : `Not verified: ${attack} at epsilon ${r.epsilon} changed the label of the written PNG. Try the high effort or a larger delta.`);

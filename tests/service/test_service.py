@@ -65,7 +65,7 @@ def test_robustify_roundtrip_keeps_size_mode_and_budget(stack, name, make, size,
     if a_in is not None:
         assert np.array_equal(a_in, a_out)  # alpha kept untouched
     assert report["model"] == DEFAULT_MODEL and report["norm"] == "linf"
-    assert isinstance(report["label"], int) and report["verified"]["attack"] == "pgd-20x5+apgd-ce+apgd-t"
+    assert isinstance(report["label"], int) and report["verified"]["attack"] == "pgd-20+apgd-ce+apgd-t"
     assert isinstance(report["verified"]["robust"], bool) and report["psnr"] > 20
     assert "retried" not in report  # retry is opt-in
 
