@@ -1,4 +1,5 @@
-"""Benchmarks: ``python -m bench.robustify``, ``bench.passes``, ``bench.service``, ``bench.protection``."""
+"""Benchmarks: ``python -m bench.robustify``, ``bench.passes``, ``bench.service``, ``bench.protection``,
+``bench.defaults`` (the pipeline at its defaults against the paper's loop), ``bench.check`` (what the check needs)."""
 
 from __future__ import annotations
 

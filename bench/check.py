@@ -145,7 +145,8 @@ def main(argv=None) -> int:
               "breaks": {k: int(v.sum()) for k, v in broken.items()},
               "aa_broken_by_rank": {r: int((broken[f"apgd-t{r}@100"] & broken["aa"]).sum()) for r in range(1, classes)}
               if 100 in iters else {}, "rows": rows,
-              "per_file": {k: v.tolist() for k, v in broken.items()}}
+              # per part, one character per file that keeps its label, in order: 1 = the part broke it
+              "per_file": {k: "".join("1" if b else "0" for b in v.tolist()) for k, v in broken.items()}}
     print(f"{args.n} files, {int(kept.sum())} keep the label, full AutoAttack leaves {int(truth.sum())} robust")
     emit(result, ["check", "verified", "broken_by_aa", "error", "missed", "passes"], args.json, args.markdown)
     return 0

@@ -196,3 +196,42 @@ def test_quality_bench_measures_each_setting_on_real_images_and_photos(tmp_path)
     bad = subprocess.run([sys.executable, "-m", "bench.quality", "-n", "1", "--strengths", "invisible"],
                          capture_output=True, text=True)
     assert bad.returncode != 0 and "unknown setting 'invisible'" in bad.stderr
+
+
+def test_defaults_bench_counts_every_part_of_both_pipelines(tmp_path):
+    """bench.defaults on 4 real test images: the paper's loop costs exactly 100 x 21 passes and its label, the
+    defaults' passes are split into robustification, scale and check (which together are the total), accuracies
+    never exceed clean, and the speed ratio is the ratio of the two rates."""
+    out = tmp_path / "d.json"
+    r = subprocess.run([sys.executable, "-m", "bench.defaults", "-n", "4", "--attacks", "pgd", "--json", str(out)],
+                       capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = {row["row"]: row for row in json.loads(out.read_text())["rows"]}
+    assert list(rows) == ["originals", "paper-loop", "defaults"]
+    paper, ours = rows["paper-loop"], rows["defaults"]
+    assert paper["passes"] == paper["passes_robustify"] == 2101.0 and paper["vs_paper_loop"] == 1.0
+    parts = ours["passes_robustify"] + ours.get("passes_scale", 0) + ours["passes_check"]
+    assert abs(ours["passes"] - parts) < 0.5 and ours["passes_check"] > 0
+    assert abs(ours["vs_paper_loop"] - ours["images_per_s"] / paper["images_per_s"]) < 0.01
+    for row in rows.values():
+        assert 0 <= row["greybox_pgd"] <= row["clean"] <= 1
+    assert 0 <= ours["verified"] <= 1
+    bad = subprocess.run([sys.executable, "-m", "bench.defaults", "-n", "1", "--rows", "fastest"],
+                         capture_output=True, text=True)
+    assert bad.returncode != 0 and "unknown rows" in bad.stderr
+
+
+def test_check_bench_scores_each_candidate_check_against_full_autoattack(tmp_path):
+    """bench.check on 6 real test images at 5 APGD iterations: every candidate's robust share, its errors (robust
+    by the check, broken by AutoAttack) and misses add up with AutoAttack's count of robust files."""
+    out = tmp_path / "c.json"
+    r = subprocess.run([sys.executable, "-m", "bench.check", "-n", "6", "--iters", "5", "--batch", "6",
+                        "--json", str(out)], capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert result["rows"] and all(len(v) == result["kept"] for v in result["per_file"].values())
+    for row in result["rows"]:
+        called = round(row["verified"] * result["n"])
+        # robust by the check = robust by AutoAttack - missed + broken_by_aa
+        assert called == result["aa_robust"] - row["missed"] + row["broken_by_aa"]
+        assert row["passes"] > 0
