@@ -2,6 +2,7 @@
 
     python -m bench.check [-n 1000] [--model fmnist-linf-ours-12ep] [--norm linf] [--iters 25,50,100]
         [--json F] [--markdown F]
+    python -m bench.check --rescore F.json [--json F] [--markdown F]   # new candidates, same verdicts, no attack
 
 The first ``n`` test images go through the product's pipeline at the defaults (``protect_images``: robustify,
 the strength's scale, 8-bit PNG, decoded again, the report's check). On the decoded files that keep their
@@ -11,13 +12,17 @@ class at the file), each at every iteration count of ``--iters``. The truth is f
 APGD-CE, APGD-T over 9 classes, FAB-T, Square 5000). Each candidate check is then the cascade of its parts
 (each on the files the previous ones left); the table says, per candidate, the share of files it calls
 robust, the share of those AutoAttack breaks (the report's error) and the classifier passes per file it
-costs (iterations x files attacked, summed over its stages, divided by all files).
+costs (iterations x files attacked, summed over its stages, divided by all files). The candidates include
+tiered ones (AutoAttack's 100 iterations toward the most likely runner-up classes, fewer toward the others);
+the one the product runs is marked ``(current)``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
+from pathlib import Path
 
 import torch
 
@@ -27,7 +32,7 @@ from preempt.core.autoattack import AutoAttack
 from preempt.core.data import fashion_mnist
 from preempt.core.images import DecodedImage
 from preempt.core.models import load_classifier
-from preempt.core.protect import protect_images
+from preempt.core.protect import APGD_T_STEPS, protect_images
 from preempt.core.robustify import RobustifyConfig
 from preempt.core.threat import ThreatModel
 from preempt.registry import DEFAULT_MODEL
@@ -69,6 +74,43 @@ def cascade(parts, broken: dict, n_all: int) -> tuple:
     return alive, passes / n_all
 
 
+def candidates_for(classes: int, iters: list) -> dict:
+    """Every candidate check: its name and its stages [(part, passes per file it attacks)], cheapest stage first."""
+    cands = {"pgd-20x5, apgd-ce, apgd-t x9 @100 (the check before)":
+             [("pgd-20x5", 105), ("apgd-ce@100", 100)] + [(f"apgd-t{r}@100", 100) for r in range(1, classes)]}
+    for it in iters:
+        for k in (1, 2, 3, 9):
+            for first in ("pgd-20x1", None):
+                parts = ([(first, 21)] if first else []) + [(f"apgd-ce@{it}", it)]
+                parts += [(f"apgd-t{r}@{it}", it) for r in range(1, min(k, classes - 1) + 1)]
+                cands[f"{first + ', ' if first else ''}apgd-ce, apgd-t x{k} @{it}"] = parts
+        cands[f"apgd-t x3 @{it}"] = [(f"apgd-t{r}@{it}", it) for r in range(1, 4)]
+    # tiered: AutoAttack's 100 iterations toward the most likely runner-up classes, fewer toward the rest
+    for top in (1, 2, 3):
+        for low in (it for it in iters if it < 100):
+            name = f"pgd-20x1, apgd-ce @100, apgd-t x{top} @100 + x{classes - 1 - top} @{low}"
+            cands[name + (" (current)" if APGD_T_STEPS == (100,) * top + (low,) * (9 - top) else "")] = \
+                [("pgd-20x1", 21), ("apgd-ce@100", 100)] + \
+                [(f"apgd-t{r}@{100 if r <= top else low}", 100 if r <= top else low) for r in range(1, classes)]
+    return cands
+
+
+def score(broken: dict, classes: int, iters: list, n_all: int) -> list:
+    """One row per candidate whose parts were all measured: robust share, AutoAttack's breaks among the files it
+    calls robust (count and share), the files it rejects that AutoAttack does not break, passes per file."""
+    truth = ~broken["aa"]
+    rows = []
+    for name, parts in candidates_for(classes, iters).items():
+        if any(key not in broken for key, _ in parts):
+            continue
+        robust, passes = cascade(parts, broken, n_all)
+        wrong = robust & ~truth
+        rows.append({"check": name, "verified": int(robust.sum()) / n_all,
+                     "broken_by_aa": int(wrong.sum()), "error": int(wrong.sum()) / max(1, int(robust.sum())),
+                     "missed": int((~robust & truth).sum()), "passes": passes})
+    return rows
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("-n", type=int, default=1000)
@@ -78,9 +120,19 @@ def main(argv=None) -> int:
     ap.add_argument("--epsilon", type=float, default=None, help="default 0.1 (linf) or 1.5 (l2); delta = epsilon")
     ap.add_argument("--iters", default="25,50,100", help="APGD iteration counts to try")
     ap.add_argument("--batch", type=int, default=250)
+    ap.add_argument("--rescore", metavar="JSON", help="run no attack: score the candidates again from the per-file "
+                    "verdicts a previous run wrote (its --json)")
     ap.add_argument("--json")
     ap.add_argument("--markdown")
     args = ap.parse_args(argv)
+    if args.rescore:
+        result = json.loads(Path(args.rescore).read_text())
+        broken = {k: torch.tensor([c == "1" for c in v]) for k, v in result["per_file"].items()}
+        classes = 1 + max(int(k[6:].split("@")[0]) for k in broken if k.startswith("apgd-t"))
+        iters = sorted({int(k.split("@")[1]) for k in broken if "@" in k})
+        result["rows"] = score(broken, classes, iters, result["n"])
+        emit(result, ["check", "verified", "broken_by_aa", "error", "missed", "passes"], args.json, args.markdown)
+        return 0
     torch.manual_seed(0)
     eps = args.epsilon or {"linf": 0.1, "l2": 1.5}[args.norm]
     threat = ThreatModel(args.norm, eps)
@@ -120,25 +172,7 @@ def main(argv=None) -> int:
             run(f"apgd-t{rank}@{it}", lambda xb, yb, it=it, rank=rank: apgd_t_rank(model, args.norm, eps, it, rank,
                                                                                   xb, yb, classes))
     truth = ~broken["aa"]
-    n_all = args.n
-    candidates = {"current (pgd-20x5, apgd-ce, apgd-t x9 @100)":
-                  [("pgd-20x5", 105), ("apgd-ce@100", 100)] + [(f"apgd-t{r}@100", 100) for r in range(1, classes)]}
-    for it in iters:
-        for k in (1, 2, 3, 9):
-            for first in ("pgd-20x1", None):
-                parts = ([(first, 21)] if first else []) + [(f"apgd-ce@{it}", it)]
-                parts += [(f"apgd-t{r}@{it}", it) for r in range(1, min(k, classes - 1) + 1)]
-                candidates[f"{first + ', ' if first else ''}apgd-ce, apgd-t x{k} @{it}"] = parts
-        candidates[f"apgd-t x3 @{it}"] = [(f"apgd-t{r}@{it}", it) for r in range(1, 4)]
-    rows = []
-    for name, parts in candidates.items():
-        if any(key not in broken for key, _ in parts):
-            continue
-        robust, passes = cascade(parts, broken, n_all)
-        wrong = robust & ~truth
-        rows.append({"check": name, "verified": int(robust.sum()) / n_all,
-                     "broken_by_aa": int(wrong.sum()), "error": int(wrong.sum()) / max(1, int(robust.sum())),
-                     "missed": int((~robust & truth).sum()), "passes": passes})
+    rows = score(broken, classes, iters, args.n)
     result = {"model": args.model, "norm": args.norm, "epsilon": eps, "n": args.n, "start": args.start,
               "kept": int(kept.sum()), "aa_robust": int(truth.sum()),
               "current_verified": sum(current), "seconds": time.time() - t0,
@@ -150,7 +184,6 @@ def main(argv=None) -> int:
     print(f"{args.n} files, {int(kept.sum())} keep the label, full AutoAttack leaves {int(truth.sum())} robust")
     emit(result, ["check", "verified", "broken_by_aa", "error", "missed", "passes"], args.json, args.markdown)
     return 0
-
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -4,6 +4,7 @@ import copy
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -12,6 +13,8 @@ import torch.nn.functional as F
 
 from bench.passes import fold_batchnorm, pad_stem
 from preempt.core.models import build_model
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def assert_same_logits_and_input_gradient(model, transformed, y):
@@ -235,3 +238,18 @@ def test_check_bench_scores_each_candidate_check_against_full_autoattack(tmp_pat
         # robust by the check = robust by AutoAttack - missed + broken_by_aa
         assert called == result["aa_robust"] - row["missed"] + row["broken_by_aa"]
         assert row["passes"] > 0
+
+
+def test_check_bench_rescores_the_committed_study_to_the_same_table(tmp_path):
+    """bench.check --rescore, run on the committed 1000-file study, reproduces its table from the per-file verdicts
+    and marks the product's own check, which costs less than AutoAttack's gradient half and errs no more."""
+    study = ROOT / "docs" / "bench" / "check_linf_ours12_n1000.json"
+    out = tmp_path / "c.json"
+    r = subprocess.run([sys.executable, "-m", "bench.check", "--rescore", str(study), "--json", str(out)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = {row["check"]: row for row in json.loads(out.read_text())["rows"]}
+    assert rows == {row["check"]: row for row in json.loads(study.read_text())["rows"]}
+    (current,) = [row for name, row in rows.items() if name.endswith("(current)")]
+    before = rows["pgd-20x5, apgd-ce, apgd-t x9 @100 (the check before)"]
+    assert current["passes"] < before["passes"] and current["error"] <= before["error"] <= 0.005

@@ -29,6 +29,7 @@ import torch
 import torch.nn as nn
 
 from .models import ModelSpec, Preprocess, load_model_file, model_format
+from .protect import APGD_T_STEPS
 
 ONNX_TOLERANCE = 1e-4  # max |torch - onnxruntime| <= ONNX_TOLERANCE * max(1, max |logit|)
 DETERMINISM_TOLERANCE = 1e-4  # the same, between two passes (and batch vs alone)
@@ -65,9 +66,9 @@ class CheckReport:
 def default_passes(num_classes: int, iterations: int = 100, steps: int = 20, patience: int = 3) -> dict:
     """Forward-backward passes of one image at the defaults (medium preset, verify=apgd): robustification
     of an image that is robust from the start (``patience + 1`` iterations and one confirming attack) and of
-    one that runs every iteration; the check of the written file (PGD-20, APGD-CE 100, APGD-T 100 per
-    runner-up class, at most 9)."""
-    verify = steps + 100 + 100 * min(9, max(num_classes - 1, 1))
+    one that runs every iteration; the check of the written file (PGD-20, APGD-CE 100, APGD-T toward at
+    most 9 runner-up classes with :data:`~preempt.core.protect.APGD_T_STEPS` iterations each)."""
+    verify = steps + 100 + sum(APGD_T_STEPS[:min(9, max(num_classes - 1, 1))])
     return {"robust_from_start": (patience + 2) * (steps + 1), "full_loop": iterations * (steps + 1),
             "verify": verify}
 

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from preempt.core.attacks import pgd
-from preempt.core.autoattack import STANDARD, AutoAttack
+from preempt.core.autoattack import STANDARD, AutoAttack, apgd_t_by_rank
 from preempt.core.threat import Geometry, flat_norm
 from tests.conftest import accuracy
 
@@ -46,3 +46,20 @@ def test_autoattack_is_at_least_as_strong_as_pgd(standard_model, fmnist_test, no
     aa = AutoAttack(standard_model, norm, eps, components=("apgd-ce", "apgd-t")).run(x, y)
     assert (flat_norm(aa - x, norm) <= eps * (1 + 1e-5) + 1e-6).all()
     assert accuracy(standard_model, aa, y) <= accuracy(standard_model, pgd(standard_model, x, y, Geometry(norm), eps), y)
+
+
+def test_apgd_t_by_rank_at_100_everywhere_is_autoattacks_apgd_t(adv_model, fmnist_test):
+    """The check's APGD-T toward each runner-up class with its own iterations gives, at AutoAttack's 100 toward
+    all nine, exactly AutoAttack's APGD-T verdicts; with fewer toward the unlikely classes it still breaks
+    what it breaks inside the budget, and the classes tried are the most likely ones."""
+    x, y = fmnist_test
+    x, y = x[:48], y[:48]
+    adv = AutoAttack(adv_model, "linf", 0.1, components=("apgd-t",)).run(x, y)
+    with torch.no_grad():
+        full = adv_model(adv).argmax(1) == y
+    by_rank = apgd_t_by_rank(adv_model, x, y, "linf", 0.1, 10, (100,) * 9)
+    assert torch.equal(by_rank, full)
+    assert int((~full).sum()) > int((adv_model(x).argmax(1) != y).sum())  # it broke some correct images
+    tiered = apgd_t_by_rank(adv_model, x, y, "linf", 0.1, 10, (100, 100) + (25,) * 7)
+    one = apgd_t_by_rank(adv_model, x, y, "linf", 0.1, 10, (100,))
+    assert not (tiered & ~one).any()  # the first target is the same attack: more targets only reject more
