@@ -28,7 +28,7 @@ import torch
 
 from bench import emit
 from preempt.core.attacks import pgd
-from preempt.core.autoattack import AutoAttack
+from preempt.core.autoattack import AutoAttack, apgd_t_target
 from preempt.core.data import fashion_mnist
 from preempt.core.images import DecodedImage
 from preempt.core.models import load_classifier
@@ -52,16 +52,8 @@ def apgd_ce(model, norm, eps, iters, x, y) -> torch.Tensor:
 
 def apgd_t_rank(model, norm, eps, iters, rank, x, y, classes) -> torch.Tensor:
     """Per-file: broken by APGD-T (DLR, targeted) toward the ``rank``-th most likely wrong class only."""
-    import torchattacks
-
-    a = torchattacks.APGDT(model, norm={"linf": "Linf", "l2": "L2"}[norm], eps=eps, steps=iters, n_restarts=1,
-                           seed=0, n_classes=classes)
-    a.target_class = rank + 1  # torchattacks counts the predicted class as 1
     torch.random.manual_seed(0)
-    with torch.enable_grad():
-        _, acc, _, adv = a.attack_single_run(x, y)
-    with torch.no_grad():
-        return (model(adv).argmax(1) != y) | (acc == 0)
+    return apgd_t_target(model, x, y, norm, eps, classes, rank, iters)
 
 
 def cascade(parts, broken: dict, n_all: int) -> tuple:
@@ -88,10 +80,10 @@ def candidates_for(classes: int, iters: list) -> dict:
     # tiered: AutoAttack's 100 iterations toward the most likely runner-up classes, fewer toward the rest
     for top in (1, 2, 3):
         for low in (it for it in iters if it < 100):
+            steps = tuple(100 if r <= top else low for r in range(1, classes))
             name = f"pgd-20x1, apgd-ce @100, apgd-t x{top} @100 + x{classes - 1 - top} @{low}"
-            cands[name + (" (current)" if APGD_T_STEPS == (100,) * top + (low,) * (9 - top) else "")] = \
-                [("pgd-20x1", 21), ("apgd-ce@100", 100)] + \
-                [(f"apgd-t{r}@{100 if r <= top else low}", 100 if r <= top else low) for r in range(1, classes)]
+            cands[name + (" (current)" if steps == APGD_T_STEPS[:classes - 1] else "")] = \
+                [("pgd-20x1", 21), ("apgd-ce@100", 100)] + [(f"apgd-t{r}@{it}", it) for r, it in enumerate(steps, 1)]
     return cands
 
 

@@ -91,17 +91,31 @@ class AutoAttack:
         return x_adv
 
 
+
+def apgd_t_target(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str, epsilon: float,
+                  num_classes: int, rank: int, steps: int, seed: int = 0) -> torch.Tensor:
+    """One APGD-T run (DLR, targeted, 1 restart, ``steps`` iterations) toward the ``rank``-th most likely wrong
+    class at ``x``: ``True`` where it found a point inside the budget that is not classified ``y``. It draws its
+    random start from torch's global generator (the caller seeds it)."""
+    import torchattacks
+
+    a = torchattacks.APGDT(model, norm={"linf": "Linf", "l2": "L2"}[norm], eps=epsilon, seed=seed,
+                           n_classes=num_classes, steps=steps, n_restarts=1)
+    a.target_class = rank + 1  # torchattacks counts the predicted class as 1
+    with torch.enable_grad():
+        _, acc, _, adv = a.attack_single_run(x, y)
+    with torch.no_grad():
+        fooled = (model(adv).argmax(1) != y) | (acc == 0)
+        return fooled & (flat_norm(adv - x, norm) <= epsilon * (1 + 1e-5) + 1e-6)
+
+
 def apgd_t_by_rank(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str, epsilon: float,
                    num_classes: int, steps_by_rank: tuple, seed: int = 0) -> torch.Tensor:
-    """APGD-T (DLR, targeted, 1 restart) toward each runner-up class with its own iteration count:
+    """APGD-T toward each runner-up class with its own iteration count (:func:`apgd_t_target`):
     ``steps_by_rank[r - 1]`` iterations toward the ``r``-th most likely wrong class (at ``x``), for
     ``r`` up to ``min(len(steps_by_rank), num_classes - 1)``. Each target runs on the images the previous
     ones left, as AutoAttack's APGD-T does (same seed handling); ``(100,) * 9`` is its standard version.
     Returns a mask: ``True`` where every target failed and ``x`` is still classified ``y``."""
-    import torchattacks
-
-    a = torchattacks.APGDT(model, norm={"linf": "Linf", "l2": "L2"}[norm], eps=epsilon, seed=seed,
-                           n_classes=num_classes, steps=max(steps_by_rank), n_restarts=1)
     with torch.no_grad():
         robust = model(x).argmax(1) == y
     torch.random.manual_seed(seed)
@@ -109,11 +123,5 @@ def apgd_t_by_rank(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, nor
         idx = robust.nonzero().flatten()
         if idx.numel() == 0:
             break
-        a.steps, a.target_class = steps, rank + 1  # torchattacks counts the predicted class as 1
-        with torch.enable_grad():
-            _, acc, _, adv = a.attack_single_run(x[idx], y[idx])
-        with torch.no_grad():
-            fooled = (model(adv).argmax(1) != y[idx]) | (acc == 0)
-            fooled &= flat_norm(adv - x[idx], norm) <= epsilon * (1 + 1e-5) + 1e-6
-        robust[idx[fooled]] = False
+        robust[idx[apgd_t_target(model, x[idx], y[idx], norm, epsilon, num_classes, rank, steps, seed)]] = False
     return robust

@@ -127,22 +127,23 @@ def verify_robust(model: torch.nn.Module, x: torch.Tensor, label: torch.Tensor, 
     restarts = PGD_RESTARTS[attack] if restarts is None else restarts
     with torch.no_grad():
         logits = model(x)
+    classes = logits.shape[1]
+
+    def holds(x_adv, y):
+        with torch.no_grad():
+            return model(x_adv).argmax(1) == y
+
+    stages = [lambda xs, y: holds(pgd(model, xs, y, threat.geometry, threat.epsilon, steps=20, restarts=restarts), y)]
+    if attack == "apgd":
+        aa = AutoAttack(model, threat.norm, threat.epsilon, num_classes=classes, components=("apgd-ce",))
+        stages += [lambda xs, y: holds(aa.run(xs, y), y),
+                   lambda xs, y: apgd_t_by_rank(model, xs, y, threat.norm, threat.epsilon, classes, APGD_T_STEPS)]
     robust = logits.argmax(1) == label
-    idx = robust.nonzero().flatten()
-    if idx.numel():
-        x_adv = pgd(model, x[idx], label[idx], threat.geometry, threat.epsilon, steps=20, restarts=restarts)
-        with torch.no_grad():
-            robust[idx] = model(x_adv).argmax(1) == label[idx]
-    idx = robust.nonzero().flatten()
-    if attack == "apgd" and idx.numel():
-        aa = AutoAttack(model, threat.norm, threat.epsilon, num_classes=logits.shape[1], components=("apgd-ce",))
-        x_adv = aa.run(x[idx], label[idx])
-        with torch.no_grad():
-            robust[idx] = model(x_adv).argmax(1) == label[idx]
-    idx = robust.nonzero().flatten()
-    if attack == "apgd" and idx.numel():
-        robust[idx] = apgd_t_by_rank(model, x[idx], label[idx], threat.norm, threat.epsilon, logits.shape[1],
-                                     APGD_T_STEPS)
+    for stage in stages:
+        idx = robust.nonzero().flatten()
+        if idx.numel() == 0:
+            break
+        robust[idx] = stage(x[idx], label[idx])
     return robust
 
 
