@@ -1,5 +1,6 @@
 """Benchmarks: ``python -m bench.robustify``, ``bench.passes``, ``bench.service``, ``bench.protection``,
-``bench.defaults`` (the pipeline at its defaults against the paper's loop), ``bench.check`` (what the check needs)."""
+``bench.defaults`` (the pipeline at its defaults against the paper's loop), ``bench.check`` (what the check needs),
+``bench.initializer`` (an amortised start)."""
 
 from __future__ import annotations
 

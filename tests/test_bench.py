@@ -206,10 +206,15 @@ def test_defaults_bench_counts_every_part_of_both_pipelines(tmp_path):
     defaults' passes are split into robustification, scale and check (which together are the total), accuracies
     never exceed clean, and the speed ratio is the ratio of the two rates."""
     out = tmp_path / "d.json"
-    r = subprocess.run([sys.executable, "-m", "bench.defaults", "-n", "4", "--attacks", "pgd", "--json", str(out)],
-                       capture_output=True, text=True, timeout=900)
+    cmd = [sys.executable, "-m", "bench.defaults", "-n", "4", "--attacks", "pgd", "--keep", str(tmp_path / "kept")]
+    r = subprocess.run(cmd + ["--json", str(out)], capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-2000:]
     rows = {row["row"]: row for row in json.loads(out.read_text())["rows"]}
+    # a second run with the same --keep evaluates the kept files and timing instead of making them again
+    again = subprocess.run(cmd + ["--json", str(tmp_path / "again.json")], capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert again.stdout.count("files and timing from") == 2
+    assert json.loads((tmp_path / "again.json").read_text())["rows"] == list(rows.values())
     assert list(rows) == ["originals", "paper-loop", "defaults"]
     paper, ours = rows["paper-loop"], rows["defaults"]
     assert paper["passes"] == paper["passes_robustify"] == 2101.0 and paper["vs_paper_loop"] == 1.0
@@ -253,3 +258,35 @@ def test_check_bench_rescores_the_committed_study_to_the_same_table(tmp_path):
     (current,) = [row for name, row in rows.items() if name.endswith("(current)")]
     before = rows["pgd-20x5, apgd-ce, apgd-t x9 @100 (the check before)"]
     assert current["passes"] < before["passes"] and current["error"] <= before["error"] <= 0.005
+
+
+def test_initializer_bench_keeps_every_start_inside_the_budget(tmp_path):
+    """bench.initializer on 6 real test images with a network trained for one epoch on 64 training images: the
+    network's change stays inside the delta ball (and [0, 1]), every row's accuracies never exceed clean, and the
+    robustifier from each start costs at least its minimum (3 calm iterations and the confirming attack)."""
+    from bench.initializer import Initializer
+    from preempt.core.threat import ThreatModel
+
+    for norm, delta in (("linf", 0.1), ("l2", 1.5)):
+        net = Initializer(ThreatModel(norm, delta, delta))
+        x = torch.rand(5, 1, 28, 28)
+        with torch.no_grad():
+            for p in net.decode[-1].parameters():
+                p.mul_(100)  # drive the raw change far outside the ball: the budget must still hold
+            change = net(x) - x
+        assert (x + change).min() >= 0 and (x + change).max() <= 1
+        size = change.abs().flatten(1).amax(1) if norm == "linf" else change.flatten(1).norm(dim=1)
+        assert (size <= delta + 1e-5).all()
+    out = tmp_path / "i.json"
+    r = subprocess.run([sys.executable, "-m", "bench.initializer", "-n", "6", "--train-images", "64", "--epochs", "1",
+                        "--steps", "2", "--batch", "6", "--json", str(out)], capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-2000:]
+    result = json.loads(out.read_text())
+    rows = {row["row"]: row for row in result["rows"]}
+    assert list(rows)[:2] == ["originals", "initializer alone"] and len(rows) == 5
+    for row in rows.values():
+        assert 0 <= row["greybox_pgd"] <= row["clean"] <= 1
+    for name in rows:
+        if name.startswith("robustify"):
+            assert rows[name]["passes"] >= 4 * 21
+    assert result["training"]["passes_per_image"] == 3 and result["training"]["seconds"] > 0
