@@ -2,6 +2,7 @@
 
     python -m bench.check [-n 1000] [--model fmnist-linf-ours-12ep] [--norm linf] [--iters 25,50,100]
         [--json F] [--markdown F]
+    python -m bench.check --files runs/keep/defaults.pt [...]   # the files bench.defaults --keep saved
     python -m bench.check --rescore F.json [--json F] [--markdown F]   # new candidates, same verdicts, no attack
 
 The first ``n`` test images go through the product's pipeline at the defaults (``protect_images``: robustify,
@@ -15,6 +16,10 @@ robust, the share of those AutoAttack breaks (the report's error) and the classi
 costs (iterations x files attacked, summed over its stages, divided by all files). The candidates include
 tiered ones (AutoAttack's 100 iterations toward the most likely runner-up classes, fewer toward the others);
 the one the product runs is marked ``(current)``.
+
+``--files F`` studies the files a ``python -m bench.defaults --keep DIR`` run wrote (``DIR/defaults.pt``: its
+decoded files, their labels and its report's verdicts) instead of protecting the images again: the check
+measured on exactly the files whose trust error that run reports.
 """
 
 from __future__ import annotations
@@ -114,6 +119,7 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=250)
     ap.add_argument("--rescore", metavar="JSON", help="run no attack: score the candidates again from the per-file "
                     "verdicts a previous run wrote (its --json)")
+    ap.add_argument("--files", help="a bench.defaults --keep row file (DIR/defaults.pt) to study instead")
     ap.add_argument("--json")
     ap.add_argument("--markdown")
     args = ap.parse_args(argv)
@@ -133,7 +139,16 @@ def main(argv=None) -> int:
     iters = [int(s) for s in args.iters.split(",")]
     t0 = time.time()
     files, labels, current = [], [], []
-    for k in range(0, args.n, args.batch):
+    if args.files:
+        saved = torch.load(args.files, weights_only=False)
+        if saved["verified"] is None:
+            ap.error(f"{args.files}: a row without a check (use the defaults row)")
+        n_saved = len(saved["x"])
+        if args.start + args.n > n_saved:
+            ap.error(f"{args.files} holds {n_saved} files; --start {args.start} -n {args.n} asks for more")
+        part = slice(args.start, args.start + args.n)
+        files, labels, current = list(saved["x"][part]), saved["labels"][part].tolist(), saved["verified"][part].tolist()
+    for k in range(0, args.n if not args.files else 0, args.batch):
         imgs = [DecodedImage(pixels=xi, alpha=None, format="png") for xi in x[k:k + args.batch]]
         for r in protect_images(model, imgs, threat, RobustifyConfig(), strength=DEFAULT_STRENGTH):
             files.append(r.pixels)
@@ -166,6 +181,7 @@ def main(argv=None) -> int:
     truth = ~broken["aa"]
     rows = score(broken, classes, iters, args.n)
     result = {"model": args.model, "norm": args.norm, "epsilon": eps, "n": args.n, "start": args.start,
+              "files": args.files,
               "kept": int(kept.sum()), "aa_robust": int(truth.sum()),
               "current_verified": sum(current), "seconds": time.time() - t0,
               "breaks": {k: int(v.sum()) for k, v in broken.items()},

@@ -22,12 +22,16 @@ that full AutoAttack breaks.
 ``--keep DIR`` saves each row's files (and its timing) to ``DIR/<row>.pt`` as soon as they are made, and a
 later run with the same ``--keep``, ``-n``, model and seed takes them from there instead of making them again:
 an evaluation that stops (AutoAttack on 1000 robust files takes most of an hour on two cores) resumes without
-re-timing.
+re-timing. Each row's evaluation (and the originals') is kept there too (``DIR/<row>.eval.json``, with the
+attacks it ran), and is reused only for the same files: ``--retime`` makes and times every row again and
+evaluates only the rows whose files came out different (the paper loop's are the same bit for bit, it is seeded),
+e.g. after a change to the defaults.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 from contextlib import contextmanager
@@ -95,6 +99,7 @@ def main(argv=None) -> int:
     ap.add_argument("--json")
     ap.add_argument("--markdown")
     ap.add_argument("--keep", help="folder for each row's files and timing, reused when it matches this run")
+    ap.add_argument("--retime", action="store_true", help="with --keep: make and time every row again")
     args = ap.parse_args(argv)
     from preempt import pipeline
     from preempt.request import RobustifyRequest
@@ -116,13 +121,12 @@ def main(argv=None) -> int:
     for name in rows_wanted:
         kept = Path(args.keep, f"{name}.pt") if args.keep else None
         stamp = {"n": args.n, "model": args.model, "seed": args.seed, "threat": request.threat_fields()}
-        if kept is not None and kept.exists():
-            saved = torch.load(kept, weights_only=False)
-            if saved["stamp"] == stamp:
-                print(f"{name}: files and timing from {kept}", flush=True)
-                base_rate = saved["row"]["images_per_s"] if name == "paper-loop" else base_rate
-                made.append((saved["row"], saved["x"], saved["verified"], saved["labels"]))
-                continue
+        saved = torch.load(kept, weights_only=False) if kept is not None and kept.exists() else None
+        if saved is not None and saved["stamp"] == stamp and not args.retime:
+            print(f"{name}: files and timing from {kept}", flush=True)
+            base_rate = saved["row"]["images_per_s"] if name == "paper-loop" else base_rate
+            made.append((saved["row"], saved["x"], saved["verified"], saved["labels"], kept))
+            continue
         torch.manual_seed(args.seed)
         counted.counts = {}
         t0 = time.perf_counter()
@@ -154,34 +158,64 @@ def main(argv=None) -> int:
         if base_rate:
             row["vs_paper_loop"] = round(row["images_per_s"] / base_rate, 2)
         print(row, flush=True)
-        made.append((row, xr, verified, labels))
+        made.append((row, xr, verified, labels, kept))
+        same = (saved is not None and saved["stamp"] == stamp and torch.equal(saved["x"], xr)
+                and (saved["verified"] is None) == (verified is None)
+                and (verified is None or torch.equal(saved["verified"], verified)))
+        if kept is not None and not same:
+            kept.with_suffix(".eval.json").unlink(missing_ok=True)  # other files: their evaluation is void
         if kept is not None:
             kept.parent.mkdir(parents=True, exist_ok=True)
             torch.save({"stamp": stamp, "row": row, "x": xr, "verified": verified, "labels": labels}, kept)
-    torch.manual_seed(args.seed)
-    rows = [{"row": "originals", **robust_accuracy(model, x, y, threat, attacks, args.batch)}]
+    eval_stamp = {"n": args.n, "model": args.model, "seed": args.seed, "threat": request.threat_fields(),
+                  "attacks": attacks}
+
+    def evaluated(path) -> dict | None:
+        """A row's evaluation kept by an earlier run with the same files and attacks."""
+        if path is None or not path.exists():
+            return None
+        saved = json.loads(path.read_text())
+        return saved["row"] if saved["stamp"] == eval_stamp else None
+
+    def keep_eval(path, row) -> None:
+        if path is not None:
+            path.write_text(json.dumps({"stamp": eval_stamp, "row": row}) + "\n")
+
+    orig_path = Path(args.keep, "originals.eval.json") if args.keep else None
+    rows = [evaluated(orig_path)]
+    if rows[0] is None:
+        torch.manual_seed(args.seed)
+        rows = [{"row": "originals", **robust_accuracy(model, x, y, threat, attacks, args.batch)}]
+        keep_eval(orig_path, rows[0])
     print(rows[-1], flush=True)
     cols = ["row", "images_per_s", "vs_paper_loop", "passes", "passes_robustify", "passes_scale", "passes_check",
             "continued", "clean"] + [f"greybox_{a}" for a in attacks] + [f"gap_closure_{a}" for a in attacks] + \
         ["verified", "verified_broken_by_aa", "trust_error"]
     result = {"n_images": len(x), "model": args.model, "threat": request.threat_fields(),
               "request": request.model_dump(), "threads": torch.get_num_threads(), "rows": rows}
-    for row, xr, verified, labels in made:
-        torch.manual_seed(args.seed)
-        masks = {}
-        row.update(robust_accuracy(model, xr, y, threat, attacks, args.batch, masks=masks))
-        for a in attacks:
-            row[f"gap_closure_{a}"] = gap_closure(rows[0], row, f"greybox_{a}")
-        if verified is not None:
-            row["verified"] = float(verified.float().mean())
-            if "aa" in masks:
-                # the report speaks of the label it protected (the prediction), AutoAttack's mask of the true label:
-                # an image counts here when it is correctly classified, called robust and broken
-                called = verified & (labels == y)
-                row["verified_broken_by_aa"] = int((called & ~masks["aa"]).sum())
-                row["trust_error"] = round(row["verified_broken_by_aa"] / max(1, int(called.sum())), 4)
-        rows.append(row)
-        print(row, flush=True)
+    for row, xr, verified, labels, kept in made:
+        eval_path = kept.with_suffix(".eval.json") if kept is not None else None
+        done = evaluated(eval_path)
+        if done is not None:  # the accuracies of these very files, this run's timing
+            rows.append({**done, **row})
+            print(f"{done['row']}: evaluation from {eval_path}", flush=True)
+        else:
+            torch.manual_seed(args.seed)
+            masks = {}
+            row.update(robust_accuracy(model, xr, y, threat, attacks, args.batch, masks=masks))
+            for a in attacks:
+                row[f"gap_closure_{a}"] = gap_closure(rows[0], row, f"greybox_{a}")
+            if verified is not None:
+                row["verified"] = float(verified.float().mean())
+                if "aa" in masks:
+                    # the report speaks of the label it protected (the prediction), AutoAttack's mask of the true
+                    # label: an image counts here when it is correctly classified, called robust and broken
+                    called = verified & (labels == y)
+                    row["verified_broken_by_aa"] = int((called & ~masks["aa"]).sum())
+                    row["trust_error"] = round(row["verified_broken_by_aa"] / max(1, int(called.sum())), 4)
+            rows.append(row)
+            keep_eval(eval_path, row)
+            print(row, flush=True)
         emit(result, cols, args.json, args.markdown)  # after every row: a long run keeps what it has
     return 0
 

@@ -213,8 +213,26 @@ def test_defaults_bench_counts_every_part_of_both_pipelines(tmp_path):
     # a second run with the same --keep evaluates the kept files and timing instead of making them again
     again = subprocess.run(cmd + ["--json", str(tmp_path / "again.json")], capture_output=True, text=True, timeout=900)
     assert again.returncode == 0, again.stderr[-2000:]
-    assert again.stdout.count("files and timing from") == 2
+    assert again.stdout.count("files and timing from") == 2 and again.stdout.count("evaluation from") == 2
     assert json.loads((tmp_path / "again.json").read_text())["rows"] == list(rows.values())
+    # --retime makes and times both rows again; the seeded runs write the same files, whose evaluation is kept
+    retimed = subprocess.run(cmd + ["--retime", "--json", str(tmp_path / "retimed.json")], capture_output=True,
+                             text=True, timeout=900)
+    assert retimed.returncode == 0, retimed.stderr[-2000:]
+    assert "files and timing from" not in retimed.stdout and retimed.stdout.count("evaluation from") == 2
+    for old, new in zip(rows.values(), json.loads((tmp_path / "retimed.json").read_text())["rows"]):
+        assert {k: v for k, v in old.items() if "per_s" not in k and k != "vs_paper_loop"} == \
+            {k: v for k, v in new.items() if "per_s" not in k and k != "vs_paper_loop"}
+    # bench.check studies exactly those files: its count of files the report called robust is the run's
+    study = tmp_path / "c.json"
+    c = subprocess.run([sys.executable, "-m", "bench.check", "--files", str(tmp_path / "kept" / "defaults.pt"), "-n", "4",
+                        "--iters", "5", "--batch", "4", "--json", str(study)], capture_output=True, text=True, timeout=900)
+    assert c.returncode == 0, c.stderr[-2000:]
+    checked = json.loads(study.read_text())
+    assert checked["n"] == 4 and checked["current_verified"] == round(rows["defaults"]["verified"] * 4)
+    too_many = subprocess.run([sys.executable, "-m", "bench.check", "--files", str(tmp_path / "kept" / "defaults.pt"),
+                               "-n", "5"], capture_output=True, text=True, timeout=300)
+    assert too_many.returncode != 0 and "holds 4 files" in too_many.stderr
     assert list(rows) == ["originals", "paper-loop", "defaults"]
     paper, ours = rows["paper-loop"], rows["defaults"]
     assert paper["passes"] == paper["passes_robustify"] == 2101.0 and paper["vs_paper_loop"] == 1.0
