@@ -3,6 +3,7 @@ import torch
 
 from preempt.core.attacks import pgd
 from preempt.core.autoattack import STANDARD, AutoAttack, apgd_t_by_rank
+from preempt.core.protect import APGD_T_STEPS
 from preempt.core.threat import Geometry, flat_norm
 from tests.conftest import accuracy
 
@@ -60,6 +61,6 @@ def test_apgd_t_by_rank_at_100_everywhere_is_autoattacks_apgd_t(adv_model, fmnis
     by_rank = apgd_t_by_rank(adv_model, x, y, "linf", 0.1, 10, (100,) * 9)
     assert torch.equal(by_rank, full)
     assert int((~full).sum()) > int((adv_model(x).argmax(1) != y).sum())  # it broke some correct images
-    tiered = apgd_t_by_rank(adv_model, x, y, "linf", 0.1, 10, (100, 100) + (25,) * 7)
+    tiered = apgd_t_by_rank(adv_model, x, y, "linf", 0.1, 10, APGD_T_STEPS)  # the product's check
     one = apgd_t_by_rank(adv_model, x, y, "linf", 0.1, 10, (100,))
     assert not (tiered & ~one).any()  # the first target is the same attack: more targets only reject more
