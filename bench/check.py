@@ -135,7 +135,6 @@ def main(argv=None) -> int:
     eps = args.epsilon or {"linf": 0.1, "l2": 1.5}[args.norm]
     threat = ThreatModel(args.norm, eps)
     model = load_classifier(args.model).model
-    x = fashion_mnist("test", limit=args.start + args.n)[0][args.start:]
     iters = [int(s) for s in args.iters.split(",")]
     t0 = time.time()
     files, labels, current = [], [], []
@@ -148,13 +147,15 @@ def main(argv=None) -> int:
             ap.error(f"{args.files} holds {n_saved} files; --start {args.start} -n {args.n} asks for more")
         part = slice(args.start, args.start + args.n)
         files, labels, current = list(saved["x"][part]), saved["labels"][part].tolist(), saved["verified"][part].tolist()
-    for k in range(0, args.n if not args.files else 0, args.batch):
-        imgs = [DecodedImage(pixels=xi, alpha=None, format="png") for xi in x[k:k + args.batch]]
-        for r in protect_images(model, imgs, threat, RobustifyConfig(), strength=DEFAULT_STRENGTH):
-            files.append(r.pixels)
-            labels.append(r.report["label"])
-            current.append(r.report["verified"]["robust"])
-        print(f"protected {len(files)}/{args.n} ({time.time() - t0:.0f} s)", flush=True)
+    else:
+        x = fashion_mnist("test", limit=args.start + args.n)[0][args.start:]
+        for k in range(0, args.n, args.batch):
+            imgs = [DecodedImage(pixels=xi, alpha=None, format="png") for xi in x[k:k + args.batch]]
+            for r in protect_images(model, imgs, threat, RobustifyConfig(), strength=DEFAULT_STRENGTH):
+                files.append(r.pixels)
+                labels.append(r.report["label"])
+                current.append(r.report["verified"]["robust"])
+            print(f"protected {len(files)}/{args.n} ({time.time() - t0:.0f} s)", flush=True)
     xf, y = torch.stack(files), torch.tensor(labels)
     with torch.no_grad():
         kept = model(xf).argmax(1) == y

@@ -33,8 +33,8 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 
@@ -116,11 +116,13 @@ def main(argv=None) -> int:
     model = protector.judge.model
     watch_parts(counted)
     x, y = fashion_mnist("test", limit=args.n)[:2]
-    made = []  # (row, files, verified, labels): every row's files first, so that nothing else runs while timed
+    # every row's files first, so that nothing else runs while timed: (row, files, verified, labels, kept path)
+    made = []
     base_rate = None
+    stamp = {"n": args.n, "model": args.model, "seed": args.seed, "threat": request.threat_fields()}
+    eval_stamp = {**stamp, "attacks": attacks}  # an evaluation also depends on the attacks it ran
     for name in rows_wanted:
         kept = Path(args.keep, f"{name}.pt") if args.keep else None
-        stamp = {"n": args.n, "model": args.model, "seed": args.seed, "threat": request.threat_fields()}
         saved = torch.load(kept, weights_only=False) if kept is not None and kept.exists() else None
         if saved is not None and saved["stamp"] == stamp and not args.retime:
             print(f"{name}: files and timing from {kept}", flush=True)
@@ -167,9 +169,6 @@ def main(argv=None) -> int:
         if kept is not None:
             kept.parent.mkdir(parents=True, exist_ok=True)
             torch.save({"stamp": stamp, "row": row, "x": xr, "verified": verified, "labels": labels}, kept)
-    eval_stamp = {"n": args.n, "model": args.model, "seed": args.seed, "threat": request.threat_fields(),
-                  "attacks": attacks}
-
     def evaluated(path) -> dict | None:
         """A row's evaluation kept by an earlier run with the same files and attacks."""
         if path is None or not path.exists():

@@ -36,7 +36,7 @@ from bench import emit, robust_accuracy
 from preempt.core.data import fashion_mnist
 from preempt.core.images import quantize_within_budget
 from preempt.core.robustify import InnerObjective, RobustifyConfig, robustify
-from preempt.core.threat import ThreatModel, flat_norm
+from preempt.core.threat import ThreatModel
 from preempt.registry import DEFAULT_MODEL
 
 
@@ -46,7 +46,7 @@ class Initializer(nn.Module):
 
     def __init__(self, threat: ThreatModel, channels: int = 1, width: int = 32):
         super().__init__()
-        self.norm, self.delta = threat.norm, threat.delta
+        self.norm, self.geometry, self.delta = threat.norm, threat.geometry, threat.delta
         self.encode = nn.Sequential(
             nn.Conv2d(channels, width, 3, padding=1), nn.ReLU(),
             nn.Conv2d(width, 2 * width, 3, stride=2, padding=1), nn.ReLU(),
@@ -57,10 +57,9 @@ class Initializer(nn.Module):
     def change(self, x: torch.Tensor) -> torch.Tensor:
         h = F.interpolate(self.encode(x), size=x.shape[-2:], mode="bilinear", align_corners=False)
         raw = self.decode(torch.cat([h, x], 1))
-        if self.norm == "linf":
+        if self.norm == "linf":  # tanh rather than a clip: no coordinate loses its gradient for good
             return self.delta * torch.tanh(raw)
-        scale = (self.delta / flat_norm(raw, "l2").clamp_min(1e-12)).clamp(max=1.0)
-        return raw * scale.view(-1, 1, 1, 1)
+        return self.geometry.project(x + raw, x, self.delta) - x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (x + self.change(x)).clamp(0.0, 1.0)
@@ -86,10 +85,9 @@ def train_initializer(model: nn.Module, threat: ThreatModel, x: torch.Tensor, ep
         perm, total = torch.randperm(len(x)), 0.0
         for i in range(0, len(x), batch):
             idx = perm[i:i + batch]
-            with torch.enable_grad():
-                loss = inner(net(x[idx]), y[idx])[0].mean()
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
+            loss = inner(net(x[idx]), y[idx])[0].mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
             opt.step()
             total += float(loss.detach()) * len(idx)
         history.append({"epoch": epoch + 1, "robust_loss": round(total / len(x), 4),
