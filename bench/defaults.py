@@ -1,7 +1,7 @@
 """The product's defaults against the paper's loop: protection, speed and the report's trust, one run.
 
     python -m bench.defaults [-n 1000] [--model fmnist-linf-ours-12ep] [--norm linf] [--attacks pgd,aa]
-        [--rows paper-loop,defaults] [--json F] [--markdown F] [--keep DIR]
+        [--rows paper-loop,defaults] [--json F] [--markdown F] [--keep DIR] [--set FIELD=VALUE]
 
 The same first ``n`` Fashion-MNIST test images, the same model, on this machine:
 
@@ -26,6 +26,10 @@ re-timing. Each row's evaluation (and the originals') is kept there too (``DIR/<
 attacks it ran), and is reused only for the same files: ``--retime`` makes and times every row again and
 evaluates only the rows whose files came out different (the paper loop's are the same bit for bit, it is seeded),
 e.g. after a change to the defaults.
+
+``--set FIELD=VALUE`` (repeatable) changes a field of the defaults row's request as a client would send it
+(``--set stop_loss=0.693``: a candidate default measured against the same paper loop); the paper loop's kept files
+and evaluation (and the originals') stay valid, the defaults row's are kept apart by the change.
 """
 
 from __future__ import annotations
@@ -100,16 +104,25 @@ def main(argv=None) -> int:
     ap.add_argument("--markdown")
     ap.add_argument("--keep", help="folder for each row's files and timing, reused when it matches this run")
     ap.add_argument("--retime", action="store_true", help="with --keep: make and time every row again")
+    ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                    help="a request field for the defaults row, as a client would send it (e.g. stop_loss=0.693); "
+                         "repeatable")
     args = ap.parse_args(argv)
     from preempt import pipeline
-    from preempt.request import RobustifyRequest
+    from preempt.request import RequestError, RobustifyRequest
 
     rows_wanted = [r for r in args.rows.split(",") if r]
     if set(rows_wanted) - set(ROWS):
         ap.error(f"unknown rows {sorted(set(rows_wanted) - set(ROWS))}; choose from {list(ROWS)}")
     attacks = [a for a in args.attacks.split(",") if a]
+    changed = dict(kv.split("=", 1) for kv in args.set if "=" in kv)
+    if len(changed) != len(args.set):
+        ap.error(f"--set takes FIELD=VALUE, got {args.set}")
     protector = pipeline.load_protector(args.model)
-    request = RobustifyRequest.resolve(protector.judge.card, args.model, norm=args.norm)
+    try:
+        request = RobustifyRequest.resolve(protector.judge.card, args.model, norm=args.norm, **changed)
+    except RequestError as e:
+        ap.error(str(e))
     threat = ThreatModel(**request.threat_fields())
     counted = Counted(protector.judge.model)
     protector.judge.model = protector.fast.model = counted
@@ -119,9 +132,18 @@ def main(argv=None) -> int:
     # every row's files first, so that nothing else runs while timed: (row, files, verified, labels, kept path)
     made = []
     base_rate = None
-    stamp = {"n": args.n, "model": args.model, "seed": args.seed, "threat": request.threat_fields()}
-    eval_stamp = {**stamp, "attacks": attacks}  # an evaluation also depends on the attacks it ran
+    base_stamp = {"n": args.n, "model": args.model, "seed": args.seed, "threat": request.threat_fields()}
+
+    def stamp_of(row: str) -> dict:
+        """What a row's files depend on: only the defaults' on the request's changed fields (not the originals'
+        or the paper loop's)."""
+        return {**base_stamp, "set": changed} if row == "defaults" and changed else base_stamp
+
+    def eval_stamp(row: str) -> dict:
+        return {**stamp_of(row), "attacks": attacks}  # an evaluation also depends on the attacks it ran
+
     for name in rows_wanted:
+        stamp = stamp_of(name)
         kept = Path(args.keep, f"{name}.pt") if args.keep else None
         saved = torch.load(kept, weights_only=False) if kept is not None and kept.exists() else None
         if saved is not None and saved["stamp"] == stamp and not args.retime:
@@ -169,32 +191,32 @@ def main(argv=None) -> int:
         if kept is not None:
             kept.parent.mkdir(parents=True, exist_ok=True)
             torch.save({"stamp": stamp, "row": row, "x": xr, "verified": verified, "labels": labels}, kept)
-    def evaluated(path) -> dict | None:
+    def evaluated(path, name: str) -> dict | None:
         """A row's evaluation kept by an earlier run with the same files and attacks."""
         if path is None or not path.exists():
             return None
         saved = json.loads(path.read_text())
-        return saved["row"] if saved["stamp"] == eval_stamp else None
+        return saved["row"] if saved["stamp"] == eval_stamp(name) else None
 
-    def keep_eval(path, row) -> None:
+    def keep_eval(path, row, name: str) -> None:
         if path is not None:
-            path.write_text(json.dumps({"stamp": eval_stamp, "row": row}) + "\n")
+            path.write_text(json.dumps({"stamp": eval_stamp(name), "row": row}) + "\n")
 
     orig_path = Path(args.keep, "originals.eval.json") if args.keep else None
-    rows = [evaluated(orig_path)]
+    rows = [evaluated(orig_path, "originals")]
     if rows[0] is None:
         torch.manual_seed(args.seed)
         rows = [{"row": "originals", **robust_accuracy(model, x, y, threat, attacks, args.batch)}]
-        keep_eval(orig_path, rows[0])
+        keep_eval(orig_path, rows[0], "originals")
     print(rows[-1], flush=True)
     cols = ["row", "images_per_s", "vs_paper_loop", "passes", "passes_robustify", "passes_scale", "passes_check",
             "continued", "clean"] + [f"greybox_{a}" for a in attacks] + [f"gap_closure_{a}" for a in attacks] + \
         ["verified", "verified_broken_by_aa", "trust_error"]
-    result = {"n_images": len(x), "model": args.model, "threat": request.threat_fields(),
+    result = {"n_images": len(x), "model": args.model, "threat": request.threat_fields(), "set": changed,
               "request": request.model_dump(), "threads": torch.get_num_threads(), "rows": rows}
     for row, xr, verified, labels, kept in made:
         eval_path = kept.with_suffix(".eval.json") if kept is not None else None
-        done = evaluated(eval_path)
+        done = evaluated(eval_path, row["row"])
         if done is not None:  # the accuracies of these very files, this run's timing
             rows.append({**done, **row})
             print(f"{done['row']}: evaluation from {eval_path}", flush=True)
@@ -213,7 +235,7 @@ def main(argv=None) -> int:
                     row["verified_broken_by_aa"] = int((called & ~masks["aa"]).sum())
                     row["trust_error"] = round(row["verified_broken_by_aa"] / max(1, int(called.sum())), 4)
             rows.append(row)
-            keep_eval(eval_path, row)
+            keep_eval(eval_path, row, row["row"])
             print(row, flush=True)
         emit(result, cols, args.json, args.markdown)  # after every row: a long run keeps what it has
     return 0

@@ -233,6 +233,20 @@ def test_defaults_bench_counts_every_part_of_both_pipelines(tmp_path):
     too_many = subprocess.run([sys.executable, "-m", "bench.check", "--files", str(tmp_path / "kept" / "defaults.pt"),
                                "-n", "5"], capture_output=True, text=True, timeout=300)
     assert too_many.returncode != 0 and "holds 4 files" in too_many.stderr
+    # --set changes the defaults row's request: the paper loop's kept files and evaluation are taken as they are,
+    # the defaults row is made and evaluated anew (1 outer iteration instead of the preset's 100: fewer passes)
+    changed = subprocess.run(cmd + ["--set", "iterations=1", "--json", str(tmp_path / "set.json")],
+                             capture_output=True, text=True, timeout=900)
+    assert changed.returncode == 0, changed.stderr[-2000:]
+    assert changed.stdout.count("files and timing from") == 1 and changed.stdout.count("evaluation from") == 1
+    result_set = json.loads((tmp_path / "set.json").read_text())
+    set_rows = {row["row"]: row for row in result_set["rows"]}
+    assert result_set["set"] == {"iterations": "1"}
+    kept_rows = {row["row"]: row for row in json.loads((tmp_path / "retimed.json").read_text())["rows"]}
+    assert set_rows["paper-loop"] == kept_rows["paper-loop"] and set_rows["originals"] == kept_rows["originals"]
+    assert set_rows["defaults"]["passes_robustify"] < rows["defaults"]["passes_robustify"]
+    bad_set = subprocess.run(cmd + ["--set", "stop_loss=-1"], capture_output=True, text=True, timeout=300)
+    assert bad_set.returncode != 0 and "stop_loss" in bad_set.stderr
     assert list(rows) == ["originals", "paper-loop", "defaults"]
     paper, ours = rows["paper-loop"], rows["defaults"]
     assert paper["passes"] == paper["passes_robustify"] == 2101.0 and paper["vs_paper_loop"] == 1.0
