@@ -78,6 +78,9 @@ STRENGTHS = ("high", "medium", "low")
 
 
 OUTPUT_FORMATS = ("png", "jpeg")
+# When the robustifier optimises through ``survive``: on every try ("always"), or only on the tries after the check
+# through it rejected the first, plain one ("rejected"; the scale search and the check go through it either way).
+SURVIVE_OPTIMISE = ("always", "rejected")
 
 
 @dataclass
@@ -170,7 +173,7 @@ def protect_images(model: torch.nn.Module, images: List[DecodedImage], threat: T
                    verify_attack: str = DEFAULT_VERIFY, retry: bool = False,
                    retry_config: Optional[dict] = None, strength: str = "high",
                    survive: Optional[Transform] = None, output: str = "png",
-                   quality: int = 90) -> List[ProtectResult]:
+                   quality: int = 90, survive_optimise: str = "always") -> List[ProtectResult]:
     """Robustify decoded images of one shape as one batch; return the file written (PNG bytes) and a report for each.
 
     ``judge`` (default: ``model``) is the classifier the label, the label check and the
@@ -191,6 +194,8 @@ def protect_images(model: torch.nn.Module, images: List[DecodedImage], threat: T
     ``survive`` (a :class:`~transforms.Transform`): the platform re-encodes or resizes the file before its
     classifier; the robustifier optimises through it (``robustify(transform=...)``) and the check passes only
     if the file is robust both as sent and after the transform at each of its fixed points (real codec).
+    ``survive_optimise="rejected"``: the first try robustifies without the transform (no codec in its passes); only
+    the tries after the check through it rejects an image (continuation, retry) optimise through it.
 
     ``output="jpeg"`` (a client that can only send JPEG): the file written is a JPEG at ``quality``; the
     robustifier optimises the pixels the JPEG will hold (``robustify(sent_as=...)``), every check runs on the
@@ -200,6 +205,8 @@ def protect_images(model: torch.nn.Module, images: List[DecodedImage], threat: T
     """
     if strength not in STRENGTHS:
         raise ValueError(f"strength must be one of {STRENGTHS}, got {strength!r}")
+    if survive_optimise not in SURVIVE_OPTIMISE:
+        raise ValueError(f"survive_optimise must be one of {SURVIVE_OPTIMISE}, got {survive_optimise!r}")
     if output not in OUTPUT_FORMATS:
         raise ValueError(f"output must be one of {OUTPUT_FORMATS}, got {output!r}")
     if not 1 <= int(quality) <= 100:
@@ -226,11 +233,14 @@ def protect_images(model: torch.nn.Module, images: List[DecodedImage], threat: T
 
     alphas = [img.alpha for img in images]
 
-    def attempt(cfg: Optional[RobustifyConfig], idx: torch.Tensor, labels, report_progress, x_init=None):
-        """Robustify the images ``idx`` under ``cfg`` (from ``x_init`` if given), keep the strength's scale of the
-        change, write and check: ``(RobustifyResult, _Written, scale)``."""
+    first_through = survive if survive_optimise == "always" else None
+
+    def attempt(cfg: Optional[RobustifyConfig], idx: torch.Tensor, labels, report_progress, x_init=None,
+                through=survive):
+        """Robustify the images ``idx`` under ``cfg`` (from ``x_init`` if given; optimising through ``through``),
+        keep the strength's scale of the change, write and check: ``(RobustifyResult, _Written, scale)``."""
         x_o, al = x_orig[idx], [alphas[i] for i in idx.tolist()]
-        res = robustify(model, x_o, threat, cfg, y=labels, progress=report_progress, transform=survive,
+        res = robustify(model, x_o, threat, cfg, y=labels, progress=report_progress, transform=through,
                         sent_as=sent_as, x_init=x_init)
         x_out, sc = res.x_rob, torch.ones(len(al))
         if strength != "high" and verify:
@@ -252,7 +262,7 @@ def protect_images(model: torch.nn.Module, images: List[DecodedImage], threat: T
         return None if progress is None else (lambda i, n, loss: progress(done, done, loss))
 
     every = torch.arange(len(images), device=x_orig.device)
-    result, written, scale = attempt(config, every, y, progress)
+    result, written, scale = attempt(config, every, y, progress, through=first_through)
     label = result.label
     robust = written.robust
     robust_loss, stopped_at = result.robust_loss.clone(), result.stopped_at.clone()
@@ -264,7 +274,7 @@ def protect_images(model: torch.nn.Module, images: List[DecodedImage], threat: T
         idx = (~robust).nonzero().flatten()
         if idx.numel():
             again, second, sc = attempt(replace(config, texture_floor=None), idx, label[idx],
-                                        holding(config.iterations))
+                                        holding(config.iterations), through=first_through)
             rows = idx.tolist()
             written.take(rows, second)
             scale[idx.cpu()] = sc

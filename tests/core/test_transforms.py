@@ -133,6 +133,42 @@ def test_protection_verified_under_jpeg_survives_pillow_at_any_quality_of_the_ra
     assert originals_broken > protected_broken
 
 
+def test_survive_optimising_only_rejected_images_first_robustifies_as_without_it(fmnist_test):
+    """``survive_optimise="rejected"``: the first try is the plain robustification (each image the check through
+    JPEG 75 passes first time is the very file written without ``survive``, pixel for pixel); only images that
+    check rejects go on through the codec. Every output keeps delta and its label, and every image called verified
+    withstands a fresh adaptive PGD-20 x 3 through Pillow's JPEG 75 and one that ignores the codec."""
+    model = load_classifier("fmnist-linf-ours-12ep").model
+    x = fmnist_test[0][20:30]
+    threat = ThreatModel("linf", 0.1)
+    images = [decode(encode_png(xi)) for xi in x]
+    torch.manual_seed(0)
+    plain = protect_images(model, images, threat, strength="high")
+    torch.manual_seed(0)
+    late = protect_images(model, images, threat, strength="high", survive=Transform("jpeg:75"),
+                          survive_optimise="rejected")
+    first_try = [i for i, r in enumerate(late) if not r.report["continued"]]
+    assert first_try, [r.report for r in late]
+    for i in first_try:
+        assert torch.equal(late[i].pixels, plain[i].pixels), i
+        assert late[i].report["passes"] == plain[i].report["passes"]
+    for r in late:
+        assert r.report["linf"] <= threat.delta + 1e-6 and r.report["label_kept"]
+        assert r.report["verified"]["after"] == ["jpeg:75"]
+    verified = torch.tensor([r.report["verified"]["robust"] for r in late])
+    labels = torch.tensor([r.report["label"] for r in late])
+    xr = torch.stack([r.pixels for r in late])
+    torch.manual_seed(75)
+    adaptive = pgd(Transformed(model, Transform("jpeg:75")), xr, labels, threat.geometry, threat.epsilon, restarts=3)
+    blind = pgd(model, xr, labels, threat.geometry, threat.epsilon, restarts=3)
+    with torch.no_grad():
+        hit = ((model(_pillow_jpeg(adaptive, 75)).argmax(1) != labels)
+               | (model(_pillow_jpeg(blind, 75)).argmax(1) != labels))
+    assert int(verified.sum()) >= 5 and not (hit & verified).any(), (hit, verified)
+    with pytest.raises(ValueError, match="survive_optimise"):
+        protect_images(model, images[:1], threat, survive=Transform("jpeg:75"), survive_optimise="later")
+
+
 def test_jpeg_output_is_checked_on_the_jpeg_written(fmnist_test):
     """``output="jpeg"``: each file is a JPEG at the quality asked; the pixels reported are the JPEG's decoded;
     the pixels encoded keep delta and the label; every image the report calls verified withstands a fresh
