@@ -23,6 +23,16 @@ def emit(result: dict, cols: list, json_path=None, markdown_path=None) -> str:
     return md
 
 
+def card_threat(model: str, **given):
+    """The :class:`~preempt.core.threat.ThreatModel` a request for ``model`` gets by default (its card's norm,
+    epsilon and delta, else the product's), ``given`` (e.g. ``delta=0.05``) changing a field as a client would."""
+    from preempt.core.threat import ThreatModel
+    from preempt.registry import card_for
+    from preempt.request import RobustifyRequest
+
+    return ThreatModel(**RobustifyRequest.resolve(card_for(model), model, **given).threat_fields())
+
+
 def robust_accuracy(model, x, y, threat, attacks, batch: int, whitebox_of=None, robust_loss=None,
                     masks=None) -> dict:
     """Clean and grey-box accuracy of ``x`` (an image counts when correct and the attack fails), batched.

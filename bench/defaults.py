@@ -46,7 +46,6 @@ from bench import emit, robust_accuracy
 from preempt.core.data import fashion_mnist
 from preempt.core.evaluate import gap_closure
 from preempt.core.images import DecodedImage, quantize_within_budget
-from preempt.core.models import load_classifier
 from preempt.core.robustify import RobustifyConfig, robustify
 from preempt.core.threat import ThreatModel
 from preempt.registry import DEFAULT_MODEL

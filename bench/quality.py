@@ -25,19 +25,19 @@ import argparse
 import json
 import statistics
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
-from bench import emit, robust_accuracy
+from bench import card_threat, emit, robust_accuracy
 from preempt.core.data import fashion_mnist
 from preempt.core.evaluate import gap_closure
 from preempt.core.images import DecodedImage, decode
 from preempt.core.models import load_classifier
 from preempt.core.protect import STRENGTHS, protect_images
 from preempt.core.robustify import RobustifyConfig
-from preempt.core.threat import ThreatModel
-from preempt.registry import DEFAULT_MODEL, card_for
+from preempt.registry import DEFAULT_MODEL
 from preempt.request import TEXTURE_FLOOR
 
 
@@ -156,9 +156,8 @@ def main() -> None:
     for name in args.strengths.split(",") + args.photo_strengths.split(","):
         setting(name)  # a setting it does not know stops it before any work
     clf = load_classifier(args.model)
-    threat_card = card_for(args.model).get("threat") or {"norm": "linf", "epsilon": 0.1}
-    threat = ThreatModel(threat_card["norm"], threat_card["epsilon"], args.delta)
-    result = {"model": args.model, "n": args.n, "threat": {**threat_card, "delta": threat.delta}, "rows": [],
+    threat = card_threat(args.model, delta=args.delta)
+    result = {"model": args.model, "n": args.n, "threat": asdict(threat), "rows": [],
               "photos": []}
     def save(rows):
         if args.json:

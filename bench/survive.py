@@ -12,9 +12,10 @@ every forward pass the real codec) and non-adaptive (the standard four's example
 robust at JPEG 75 only if both fail (:func:`preempt.core.evaluate.transform_robustness`, docs/transforms.md).
 
 One JSON line per variant: robust accuracy with no transform and after JPEG 75 (``j75_aa``: both attackers),
-the robustifier's passes per image (continuation included; not the check's), the share the report verified
-(through the survive spec's check points), the mean scale kept, seconds per image of the pipeline, and the per-image
-JPEG-75 verdicts (``j75_aa_mask``) so that runs on consecutive ranges of images can be pooled.
+the robustifier's passes per image (continuation included; not the check's), how many images were continued, the
+share the report verified (through the survive spec's check points), the mean scale kept, seconds per image of the
+pipeline, and the per-image JPEG-75 verdicts (``j75_aa_mask``) so that runs on consecutive ranges of images can be
+pooled.
 """
 
 from __future__ import annotations
@@ -27,18 +28,20 @@ from pathlib import Path
 import torch
 
 from preempt.core.data import fashion_mnist
-from preempt.core.evaluate import attack_fn, transform_robustness
 from preempt.core.images import DecodedImage
 from preempt.core.models import load_classifier
 from preempt.core.protect import protect_images
 from preempt.core.robustify import RobustifyConfig
-from preempt.core.threat import ThreatModel
 from preempt.core.transforms import Transform
-from preempt.registry import DEFAULT_MODEL, card_for
+from preempt.registry import DEFAULT_MODEL
+
+from . import card_threat
+from .transforms import attack_columns
 
 FULL = {"stop_patience": 0, "plateau_window": 0}  # the whole loop: no early stopping
 TARGETED3 = {"samples": 3, "inner_loss": "targeted", "aggregate": "max"}
-# name: (survive spec or None, RobustifyConfig, strength)
+LATE = {"survive_optimise": "rejected"}  # the robustifier's first try without the codec; the check through it
+# name: (survive spec or None, RobustifyConfig, strength[, further protect_images keywords])
 VARIANTS = {
     "defaults": (None, RobustifyConfig(), "medium"),
     "high": (None, RobustifyConfig(), "high"),
@@ -50,21 +53,21 @@ VARIANTS = {
     "s75-tgt3": ("jpeg:75", RobustifyConfig(**TARGETED3), "medium"),
     "s75-full": ("jpeg:75", RobustifyConfig(**FULL), "high"),
     "s75-full-tgt3": ("jpeg:75", RobustifyConfig(**FULL, **TARGETED3), "high"),
+    "s75-late": ("jpeg:75", RobustifyConfig(), "medium", LATE),
+    "s75-late-high": ("jpeg:75", RobustifyConfig(), "high", LATE),
 }
-COLUMN = Transform("jpeg:75")
+COLUMN = "jpeg:75"
 
 
 def evaluate(model, x, y, threat) -> tuple:
     """``(accuracies, per-image JPEG-75 verdict)`` of AutoAttack without a transform and at JPEG 75."""
     torch.manual_seed(0)
-    plain = {"aa": attack_fn("aa", model, threat)(x, y, threat.epsilon)}
-    out = transform_robustness(model, x, y, threat, COLUMN, ["aa"], plain, adaptive_aa=("apgd-ce", "apgd-t"))
-    with torch.no_grad():
-        none = (model(x).argmax(1) == y) & (model(plain["aa"]).argmax(1) == y)
-    acc = {"none_aa": float(none.float().mean()), "j75_clean": float(out["clean"].float().mean()),
-           "j75_aa": float(out["aa"].float().mean()), "j75_aa_adaptive": float(out["aa_adaptive"].float().mean()),
-           "j75_aa_nonadaptive": float(out["aa_nonadaptive"].float().mean())}
-    return acc, out["aa"]
+    out = attack_columns(model, x, y, threat, ["none", COLUMN], ["aa"], adaptive_aa=("apgd-ce", "apgd-t"))
+    none, j75 = out["none"], out[COLUMN]
+    acc = {"none_aa": float(none["aa"].float().mean()), "j75_clean": float(j75["clean"].float().mean()),
+           "j75_aa": float(j75["aa"].float().mean()), "j75_aa_adaptive": float(j75["aa_adaptive"].float().mean()),
+           "j75_aa_nonadaptive": float(j75["aa_nonadaptive"].float().mean())}
+    return acc, j75["aa"]
 
 
 def main(argv=None) -> int:
@@ -81,8 +84,7 @@ def main(argv=None) -> int:
     if unknown:
         ap.error(f"unknown variants {unknown}; choose from {['originals', *VARIANTS]}")
     model = load_classifier(args.model).model
-    t = card_for(args.model).get("threat") or {}
-    threat = ThreatModel(t.get("norm", "linf"), t.get("epsilon", 0.1), t.get("delta", 0.1))
+    threat = card_threat(args.model)
     x, y = fashion_mnist("test", limit=args.start + args.n)[:2]
     x, y = x[args.start:], y[args.start:]
     for name in names:
@@ -91,10 +93,11 @@ def main(argv=None) -> int:
         if name == "originals":
             acc, mask = evaluate(model, x, y, threat)
         else:
-            spec, cfg, strength = VARIANTS[name]
+            spec, cfg, strength, *extra = VARIANTS[name]
             torch.manual_seed(0)
             out = protect_images(model, [DecodedImage(pixels=xi, alpha=None, format="png") for xi in x], threat, cfg,
-                                 strength=strength, survive=Transform(spec) if spec else None)
+                                 strength=strength, survive=Transform(spec) if spec else None,
+                                 **(extra[0] if extra else {}))
             sec = time.perf_counter() - t0
             xr = torch.stack([r.pixels for r in out])
             reports = [r.report for r in out]
@@ -102,6 +105,7 @@ def main(argv=None) -> int:
                         "passes": sum(r["passes"] for r in reports) / len(x),
                         "verified": sum(r["verified"]["robust"] for r in reports) / len(x),
                         "scale": sum(r.get("scale", 1.0) for r in reports) / len(x),
+                        "continued": sum(r.get("continued", False) for r in reports),
                         "linf_max": max(r["linf"] for r in reports)})
             acc, mask = evaluate(model, xr, y, threat)
         row.update(acc)

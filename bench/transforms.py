@@ -27,6 +27,7 @@ import json
 import statistics
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -37,9 +38,10 @@ from preempt.core.images import DecodedImage
 from preempt.core.models import load_classifier
 from preempt.core.protect import protect_images
 from preempt.core.robustify import RobustifyConfig
-from preempt.core.threat import ThreatModel
 from preempt.core.transforms import Transform, enlarge
-from preempt.registry import DEFAULT_MODEL, card_for
+from preempt.registry import DEFAULT_MODEL
+
+from . import card_threat
 
 
 def attack_columns(model, x, y, threat, columns, attacks, adaptive_aa=None) -> dict:
@@ -69,8 +71,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     clf = load_classifier(args.model)
-    threat_card = card_for(args.model).get("threat") or {}
-    threat = ThreatModel(threat_card.get("norm", "linf"), threat_card.get("epsilon", 0.1), threat_card.get("delta", 0.1))
+    threat = card_threat(args.model)
     x, y = fashion_mnist("test", limit=args.start + args.n)
     x, y = enlarge(x[args.start:], args.upscale), y[args.start:]
     columns = [Transform(c).spec for c in args.columns.split(",")]
@@ -108,7 +109,8 @@ def main(argv=None) -> int:
         result.update({"command": "python -m bench.transforms " + " ".join(sys.argv[1:] if argv is None else argv),
                        "model": args.model, "adaptive_aa": list(adaptive_aa or ["all"]), "n": done,
                        "complete": done == len(x), "start": args.start, "upscale": args.upscale,
-                       "image_size": list(x.shape[-2:]), "threat": threat_card, "columns": columns, "attacks": attacks,
+                       "image_size": list(x.shape[-2:]), "threat": asdict(threat), "columns": columns,
+                       "attacks": attacks,
                        "seconds": time.perf_counter() - t0})
         md = markdown(result)
         print(f"{done}/{len(x)} images, {time.perf_counter() - t0:.0f} s", flush=True)
