@@ -19,7 +19,13 @@ the one the product runs is marked ``(current)``.
 
 ``--files F`` studies the files a ``python -m bench.defaults --keep DIR`` run wrote (``DIR/defaults.pt``: its
 decoded files, their labels and its report's verdicts) instead of protecting the images again: the check
-measured on exactly the files whose trust error that run reports.
+measured on exactly the files whose trust error that run reports. Then, on such a study's JSON and the same
+``--files`` (each adds to the JSON):
+
+    python -m bench.check --files D/defaults.pt --aa-again F.json [--aa-seed 1]   # AutoAttack again, other draws
+    python -m bench.check --files D/defaults.pt --explain F.json    # each AA component alone on the report's errors
+    python -m bench.check --files D/defaults.pt --margins F.json [--markdown M]   # the check with a margin; a
+                                                                    # second run of it on close calls
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ import torch
 
 from bench import emit
 from preempt.core.attacks import pgd
-from preempt.core.autoattack import AutoAttack, apgd_t_target
+from preempt.core.autoattack import STANDARD, AutoAttack, apgd_t_target
 from preempt.core.data import fashion_mnist
 from preempt.core.images import DecodedImage
 from preempt.core.models import load_classifier
@@ -108,6 +114,170 @@ def score(broken: dict, classes: int, iters: list, n_all: int) -> list:
     return rows
 
 
+def load_study(path: Path, files: str) -> dict:
+    """A previous study's JSON at ``path`` and the files it measured (``--files``, a bench.defaults --keep row file),
+    restricted as the study was to the files that keep their label: ``x``, ``y`` (the report's labels), ``called``
+    (the report's verdicts), ``true`` (the label is the test image's own: bench.defaults writes images 0.. in
+    order), ``aa`` (the study's AutoAttack broke it), the model and its class count."""
+    result = json.loads(path.read_text())
+    saved = torch.load(files, weights_only=False)
+    part = slice(result["start"], result["start"] + result["n"])
+    xf, y, called = saved["x"][part], saved["labels"][part], saved["verified"][part].bool()
+    model = load_classifier(result["model"]).model
+    with torch.no_grad():
+        kept = model(xf).argmax(1) == y
+    aa = torch.tensor([c == "1" for c in result["per_file"]["aa"]])
+    if int(kept.sum()) != len(aa):
+        raise SystemExit(f"{files} does not hold the files {path} was measured on")
+    truth = fashion_mnist("test", limit=result["start"] + result["n"])[1][part]
+    return {"result": result, "x": xf[kept], "y": y[kept], "called": called[kept], "true": (y == truth)[kept],
+            "aa": aa, "model": model, "classes": int(model(xf[:1]).shape[1])}
+
+
+def explain(args) -> int:
+    """``--explain``: which AutoAttack components, each alone, break the files the pipeline's report called robust
+    (its saved verdicts) that the study's AutoAttack broke."""
+    path = Path(args.explain)
+    st = load_study(path, args.files)
+    result, xk, yk, called, aa, model, classes = (st[k] for k in ("result", "x", "y", "called", "aa", "model",
+                                                                     "classes"))
+    wrong = (called & aa).nonzero().flatten().tolist()
+    norm, eps = result["norm"], result["epsilon"]
+    errors = []
+    for i in wrong:
+        x1, y1 = xk[i:i + 1], yk[i:i + 1]
+        with torch.no_grad():
+            logits = model(x1)[0]
+        others = logits.clone()
+        others[y1] = -float("inf")
+        ranked = others.argsort(descending=True).tolist()
+        entry = {"file": i, "label": int(y1), "report_label_is_true": bool(st["true"][i]),
+                 "margin": float(logits[y1] - others.max()), "components": {},
+                 "study_parts_breaking": [k for k, v in result["per_file"].items()
+                                          if not k.startswith("aa") and v[i] == "1"]}
+        for name in STANDARD:
+            adv = AutoAttack(model, norm, eps, num_classes=classes, components=(name,)).run(x1, y1)
+            with torch.no_grad():
+                to = int(model(adv).argmax(1))
+            entry["components"][name] = None if to == int(y1) else {"class": to, "rank": ranked.index(to) + 1}
+        errors.append(entry)
+        print(f"file {i}: label {entry['label']}{'' if entry['report_label_is_true'] else ' (not the true one)'}, "
+              f"margin {entry['margin']:.3f}, broken by "
+              + (", ".join(f"{k} (to rank {v['rank']})" for k, v in entry["components"].items() if v) or "none alone"),
+              flush=True)
+    result["errors"] = errors
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+def margin_at(model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per image: the label's logit minus the largest other logit (negative: misclassified)."""
+    with torch.no_grad():
+        z = model(x)
+    zy = z.gather(1, y[:, None])[:, 0]
+    return zy - z.scatter(1, y[:, None], -float("inf")).max(1).values
+
+
+def check_margins(model, norm: str, eps: float, geometry, x: torch.Tensor, y: torch.Tensor, classes: int) -> dict:
+    """Per part of the product's check (PGD-20, APGD-CE @100, APGD-T toward each runner-up class at
+    :data:`APGD_T_STEPS`), each run alone on all of ``x``: the margin at the point it ends on (its best)."""
+    import torchattacks
+
+    out = {"pgd-20x1": margin_at(model, pgd(model, x, y, geometry, eps, steps=20, restarts=1), y)}
+    ce = torchattacks.APGD(model, norm={"linf": "Linf", "l2": "L2"}[norm], eps=eps, loss="ce", steps=100,
+                           n_restarts=1, seed=0)
+    out["apgd-ce@100"] = margin_at(model, ce(x, y), y)
+    torch.random.manual_seed(0)
+    for rank, steps in enumerate(APGD_T_STEPS[:classes - 1], start=1):
+        a = torchattacks.APGDT(model, norm={"linf": "Linf", "l2": "L2"}[norm], eps=eps, seed=0, n_classes=classes,
+                               steps=steps, n_restarts=1)
+        a.target_class = rank + 1
+        with torch.enable_grad():
+            best, _, _, adv = a.attack_single_run(x, y)
+        out[f"apgd-t{rank}@{steps}"] = torch.minimum(margin_at(model, best, y), margin_at(model, adv, y))
+    return out
+
+
+def margins(args) -> int:
+    """``--margins``: the product's check with a margin, scored against a previous study's AutoAttack verdicts."""
+    path = Path(args.margins)
+    st = load_study(path, args.files)
+    result, xk, yk, called, aa, model, classes = (st[k] for k in ("result", "x", "y", "called", "aa", "model",
+                                                                     "classes"))
+    threat = ThreatModel(result["norm"], result["epsilon"])
+    torch.manual_seed(0)
+    t0 = time.time()
+    parts: dict = {}
+    for i in range(0, len(yk), args.batch):
+        for k, v in check_margins(model, threat.norm, threat.epsilon, threat.geometry, xk[i:i + args.batch],
+                                  yk[i:i + args.batch], classes).items():
+            parts.setdefault(k, []).append(v)
+        print(f"margins of {min(i + args.batch, len(yk))}/{len(yk)} files ({time.time() - t0:.0f} s)", flush=True)
+    worst = torch.stack([torch.cat(v) for v in parts.values()]).min(0).values
+    verdicts = {k: torch.tensor([c == "1" for c in v]) for k, v in result["per_file"].items()}
+    any_aa = torch.stack([v for k, v in verdicts.items() if k.startswith("aa")]).any(0)  # every AutoAttack run here
+
+    true = st["true"]  # the trust goal counts files whose label is the true one
+
+    def row(name, robust, passes=None):
+        return {"check": name, "verified": int(robust.sum()) / result["n"], "broken_by_aa": int((robust & aa).sum()),
+                "error": int((robust & aa).sum()) / max(1, int(robust.sum())),
+                "broken_by_any_aa": int((robust & any_aa).sum()), "missed": int((~robust & ~aa).sum()),
+                "true_label": int((robust & true).sum()),
+                "true_label_broken_by_any_aa": int((robust & true & any_aa).sum()),
+                "passes": passes}
+
+    rows = [row(f"the check's parts alone, margin > {tau}", worst > tau)
+            for tau in (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)]
+    rows.append(row("the pipeline's own verdicts", called))
+    # A second opinion: the files the pipeline called robust whose margin came close get the check once more (this
+    # study's run of the check's parts: other random draws); they stay robust only if it agrees.
+    iters = sorted({int(k.split("@")[1]) for k in verdicts if "@" in k})
+    current = [p for name, p in candidates_for(classes, iters).items() if name.endswith("(current)")]
+    if current:
+        for tau in (0.05, 0.1, 0.2):
+            again = called & (worst < tau)
+            alive, cost = again.clone(), 0
+            for key, per_file in current[0]:
+                cost += per_file * int(alive.sum())
+                alive &= ~verdicts[key]
+            rows.append(row(f"the pipeline's verdicts, the check once more where margin < {tau} "
+                            f"({int(again.sum())} files)", called & ~(again & ~alive), cost / result["n"]))
+    result["margin_rows"] = rows
+    result["margins"] = {"worst": [round(float(m), 4) for m in worst],
+                         "errors_of_the_pipeline": [round(float(worst[i]), 4)
+                                                    for i in (called & aa).nonzero().flatten()]}
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    emit({"rows": rows}, ["check", "verified", "broken_by_aa", "error", "broken_by_any_aa", "missed", "true_label",
+                          "true_label_broken_by_any_aa", "passes"], None, args.markdown)
+    return 0
+
+
+def rerun_aa(args) -> int:
+    """``--aa-again``: full AutoAttack once more, from another seed, on the files the pipeline called robust; the
+    verdicts join the study's JSON as ``per_file["aa_seed{S}"]`` (files not called robust: 0, not attacked)."""
+    path = Path(args.aa_again)
+    st = load_study(path, args.files)
+    result, xk, yk, called, first, model, classes = (st[k] for k in ("result", "x", "y", "called", "aa", "model",
+                                                                        "classes"))
+    aa = AutoAttack(model, result["norm"], result["epsilon"], num_classes=classes, seed=args.aa_seed)
+    idx = called.nonzero().flatten()
+    broken = torch.zeros(len(yk), dtype=torch.bool)
+    t0 = time.time()
+    for i in range(0, len(idx), args.batch):
+        j = idx[i:i + args.batch]
+        with torch.no_grad():
+            broken[j] = model(aa.run(xk[j], yk[j])).argmax(1) != yk[j]
+        print(f"AutoAttack (seed {args.aa_seed}) on {min(i + args.batch, len(idx))}/{len(idx)} called robust "
+              f"({time.time() - t0:.0f} s)", flush=True)
+    result["per_file"][f"aa_seed{args.aa_seed}"] = "".join("1" if b else "0" for b in broken.tolist())
+    print(f"of {len(idx)} files called robust: AutoAttack seed 0 breaks {int((first & called).sum())}, seed "
+          f"{args.aa_seed} breaks {int(broken.sum())}, both {int((first & broken).sum())}, either "
+          f"{int(((first & called) | broken).sum())}")
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("-n", type=int, default=1000)
@@ -120,9 +290,32 @@ def main(argv=None) -> int:
     ap.add_argument("--rescore", metavar="JSON", help="run no attack: score the candidates again from the per-file "
                     "verdicts a previous run wrote (its --json)")
     ap.add_argument("--files", help="a bench.defaults --keep row file (DIR/defaults.pt) to study instead")
+    ap.add_argument("--explain", metavar="JSON", help="with --files: for each file the pipeline's report called robust "
+                    "that AutoAttack broke in a previous run of this study on the same files (its --json), "
+                    "run each AutoAttack component alone and record which break it, its margin and the class it falls "
+                    "to; added to that JSON as 'errors'")
+    ap.add_argument("--margins", metavar="JSON", help="with --files: run the product's check's parts alone on every "
+                    "file, keep the lowest margin (label logit minus the next) any of them ends on, and score 'called "
+                    "robust iff that margin > tau' against the AutoAttack verdicts of a previous run of this study on "
+                    "the same files (its --json); added to that JSON as 'margin_rows'")
+    ap.add_argument("--aa-again", metavar="JSON", help="with --files: run full AutoAttack again from --aa-seed on the "
+                    "files the pipeline called robust; added to that JSON's per-file verdicts")
+    ap.add_argument("--aa-seed", type=int, default=1)
     ap.add_argument("--json")
     ap.add_argument("--markdown")
     args = ap.parse_args(argv)
+    if args.aa_again:
+        if not args.files:
+            ap.error("--aa-again needs --files (the files its verdicts were measured on)")
+        return rerun_aa(args)
+    if args.margins:
+        if not args.files:
+            ap.error("--margins needs --files (the files its verdicts were measured on)")
+        return margins(args)
+    if args.explain:
+        if not args.files:
+            ap.error("--explain needs --files (the files its verdicts were measured on)")
+        return explain(args)
     if args.rescore:
         result = json.loads(Path(args.rescore).read_text())
         broken = {k: torch.tensor([c == "1" for c in v]) for k, v in result["per_file"].items()}

@@ -230,6 +230,29 @@ def test_defaults_bench_counts_every_part_of_both_pipelines(tmp_path):
     assert c.returncode == 0, c.stderr[-2000:]
     checked = json.loads(study.read_text())
     assert checked["n"] == 4 and checked["current_verified"] == round(rows["defaults"]["verified"] * 4)
+    # ... and explains its errors on the files the report called robust: AutoAttack again from another seed (on those
+    # files only), each AutoAttack component alone on each error, and the check's parts with a margin
+    files = str(tmp_path / "kept" / "defaults.pt")
+    for mode in (["--aa-again", str(study), "--aa-seed", "1"], ["--explain", str(study)], ["--margins", str(study)]):
+        m = subprocess.run([sys.executable, "-m", "bench.check", "--files", files, "--batch", "4"] + mode,
+                           capture_output=True, text=True, timeout=900)
+        assert m.returncode == 0, (mode, m.stderr[-2000:])
+    checked = json.loads(study.read_text())
+    verdicts = {k: [c == "1" for c in v] for k, v in checked["per_file"].items()}
+    called = [bool(v) for v in torch.load(files, weights_only=False)["verified"].tolist()]
+    assert len(called) == len(verdicts["aa"]) == len(verdicts["aa_seed1"]) == 4  # all 4 keep their label
+    assert not any(b and not c for b, c in zip(verdicts["aa_seed1"], called))  # only called-robust files attacked
+    errors = [i for i in range(4) if called[i] and verdicts["aa"][i]]
+    assert [e["file"] for e in checked["errors"]] == errors
+    assert all(set(e["components"]) == {"apgd-ce", "apgd-t", "fab-t", "square"} for e in checked["errors"])
+    margin_rows = checked["margin_rows"]
+    assert margin_rows[-1]["check"] == "the pipeline's own verdicts" and margin_rows[-1]["verified"] == sum(called) / 4
+    shares = [row["verified"] for row in margin_rows[:-1]]
+    assert shares == sorted(shares, reverse=True)  # a larger margin asked, never more files called robust
+    assert len(checked["margins"]["worst"]) == 4
+    no_files = subprocess.run([sys.executable, "-m", "bench.check", "--explain", str(study)], capture_output=True,
+                              text=True, timeout=300)
+    assert no_files.returncode != 0 and "--explain needs --files" in no_files.stderr
     too_many = subprocess.run([sys.executable, "-m", "bench.check", "--files", str(tmp_path / "kept" / "defaults.pt"),
                                "-n", "5"], capture_output=True, text=True, timeout=300)
     assert too_many.returncode != 0 and "holds 4 files" in too_many.stderr
@@ -292,6 +315,30 @@ def test_check_bench_rescores_the_committed_study_to_the_same_table(tmp_path, st
     (current,) = [row for name, row in rows.items() if name.endswith("(current)")]
     before = rows["pgd-20x5, apgd-ce, apgd-t x9 @100 (the check before)"]
     assert current["passes"] < before["passes"] and current["error"] <= before["error"] <= 0.005
+
+
+def test_check_bench_rescores_the_l2_study_and_its_second_opinions_never_add_files(tmp_path):
+    """The committed study of the other l2 model's pipeline files: --rescore reproduces its table; the report's own
+    verdicts are the run's (900 of 1000); a second run of the check on close calls only takes files away, each
+    AutoAttack run's breaks among those files are counted in the union, and every explained error is a file the
+    report called robust."""
+    study = ROOT / "docs" / "bench" / "check_l2adv8_pipeline_n1000.json"
+    out = tmp_path / "c.json"
+    r = subprocess.run([sys.executable, "-m", "bench.check", "--rescore", str(study), "--json", str(out)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    result = json.loads(study.read_text())
+    assert json.loads(out.read_text())["rows"] == result["rows"]
+    rows = {row["check"]: row for row in result["margin_rows"]}
+    own = rows["the pipeline's own verdicts"]
+    assert round(own["verified"] * result["n"]) == result["current_verified"] == 900
+    second = [row for name, row in rows.items() if "once more" in name]
+    assert len(second) == 3
+    for row in second:
+        assert row["verified"] <= own["verified"] and row["true_label"] <= own["true_label"]
+        assert row["broken_by_aa"] <= row["broken_by_any_aa"] <= own["broken_by_any_aa"] and row["passes"] > 0
+    seed1 = [c == "1" for c in result["per_file"]["aa_seed1"]]  # seed 1 attacked only files called robust
+    assert sum(seed1) == 6 and len(result["errors"]) == own["broken_by_aa"] == 8
 
 
 def test_initializer_bench_keeps_every_start_inside_the_budget(tmp_path):
