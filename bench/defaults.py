@@ -197,9 +197,12 @@ def main(argv=None) -> int:
         saved = json.loads(path.read_text())
         return saved["row"] if saved["stamp"] == eval_stamp(name) else None
 
-    def keep_eval(path, row, name: str) -> None:
+    def keep_eval(path, row, name: str, masks: dict | None = None) -> None:
+        """Keep a row's evaluation and, per attack, which files it left robust (one character per file, 1 =
+        robust against the true label), so that a later study can compare its own attack runs file by file."""
         if path is not None:
-            path.write_text(json.dumps({"stamp": eval_stamp(name), "row": row}) + "\n")
+            per_file = {a: "".join("1" if b else "0" for b in m.tolist()) for a, m in (masks or {}).items()}
+            path.write_text(json.dumps({"stamp": eval_stamp(name), "row": row, "robust_per_file": per_file}) + "\n")
 
     orig_path = Path(args.keep, "originals.eval.json") if args.keep else None
     rows = [evaluated(orig_path, "originals")]
@@ -234,7 +237,7 @@ def main(argv=None) -> int:
                     row["verified_broken_by_aa"] = int((called & ~masks["aa"]).sum())
                     row["trust_error"] = round(row["verified_broken_by_aa"] / max(1, int(called.sum())), 4)
             rows.append(row)
-            keep_eval(eval_path, row, row["row"])
+            keep_eval(eval_path, row, row["row"], masks)
             print(row, flush=True)
         emit(result, cols, args.json, args.markdown)  # after every row: a long run keeps what it has
     return 0

@@ -210,6 +210,10 @@ def test_defaults_bench_counts_every_part_of_both_pipelines(tmp_path):
     r = subprocess.run(cmd + ["--json", str(out)], capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-2000:]
     rows = {row["row"]: row for row in json.loads(out.read_text())["rows"]}
+    # each made row's kept evaluation says which files each attack left robust: as many as its accuracy counts
+    for name in ("paper-loop", "defaults"):
+        per_file = json.loads((tmp_path / "kept" / f"{name}.eval.json").read_text())["robust_per_file"]
+        assert len(per_file["pgd"]) == 4 and per_file["pgd"].count("1") == round(rows[name]["greybox_pgd"] * 4)
     # a second run with the same --keep evaluates the kept files and timing instead of making them again
     again = subprocess.run(cmd + ["--json", str(tmp_path / "again.json")], capture_output=True, text=True, timeout=900)
     assert again.returncode == 0, again.stderr[-2000:]
