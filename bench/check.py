@@ -39,7 +39,7 @@ import torch
 
 from bench import emit
 from preempt.core.attacks import pgd
-from preempt.core.autoattack import STANDARD, AutoAttack, apgd_t_target
+from preempt.core.autoattack import STANDARD, AutoAttack, apgd_single, apgd_t_target, margin_of
 from preempt.core.data import fashion_mnist
 from preempt.core.images import DecodedImage
 from preempt.core.models import load_classifier
@@ -170,31 +170,18 @@ def explain(args) -> int:
     return 0
 
 
-def margin_at(model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Per image: the label's logit minus the largest other logit (negative: misclassified)."""
-    with torch.no_grad():
-        z = model(x)
-    zy = z.gather(1, y[:, None])[:, 0]
-    return zy - z.scatter(1, y[:, None], -float("inf")).max(1).values
-
-
 def check_margins(model, norm: str, eps: float, geometry, x: torch.Tensor, y: torch.Tensor, classes: int) -> dict:
     """Per part of the product's check (PGD-20, APGD-CE @100, APGD-T toward each runner-up class at
     :data:`APGD_T_STEPS`), each run alone on all of ``x``: the margin at the point it ends on (its best)."""
     import torchattacks
 
-    out = {"pgd-20x1": margin_at(model, pgd(model, x, y, geometry, eps, steps=20, restarts=1), y)}
+    out = {"pgd-20x1": margin_of(model, pgd(model, x, y, geometry, eps, steps=20, restarts=1), y)}
     ce = torchattacks.APGD(model, norm={"linf": "Linf", "l2": "L2"}[norm], eps=eps, loss="ce", steps=100,
                            n_restarts=1, seed=0)
-    out["apgd-ce@100"] = margin_at(model, ce(x, y), y)
+    out["apgd-ce@100"] = margin_of(model, ce(x, y), y)
     torch.random.manual_seed(0)
     for rank, steps in enumerate(APGD_T_STEPS[:classes - 1], start=1):
-        a = torchattacks.APGDT(model, norm={"linf": "Linf", "l2": "L2"}[norm], eps=eps, seed=0, n_classes=classes,
-                               steps=steps, n_restarts=1)
-        a.target_class = rank + 1
-        with torch.enable_grad():
-            best, _, _, adv = a.attack_single_run(x, y)
-        out[f"apgd-t{rank}@{steps}"] = torch.minimum(margin_at(model, best, y), margin_at(model, adv, y))
+        out[f"apgd-t{rank}@{steps}"] = apgd_single(model, x, y, norm, eps, classes, steps, rank)[1]
     return out
 
 

@@ -103,6 +103,9 @@ def main(argv=None) -> int:
     ap.add_argument("--markdown")
     ap.add_argument("--keep", help="folder for each row's files and timing, reused when it matches this run")
     ap.add_argument("--retime", action="store_true", help="with --keep: make and time every row again")
+    ap.add_argument("--recheck-below", type=float, default=None, metavar="MARGIN",
+                    help="the report's check runs once more on the images it passes with a margin below this "
+                         "(verify_robust's recheck_below; default the product's RECHECK_MARGIN)")
     ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                     help="a request field for the defaults row, as a client would send it (e.g. stop_loss=0.693); "
                          "repeatable")
@@ -117,6 +120,10 @@ def main(argv=None) -> int:
     changed = dict(kv.split("=", 1) for kv in args.set if "=" in kv)
     if len(changed) != len(args.set):
         ap.error(f"--set takes FIELD=VALUE, got {args.set}")
+    from preempt.core import protect
+
+    if args.recheck_below is not None:
+        protect.RECHECK_MARGIN = args.recheck_below
     protector = pipeline.load_protector(args.model)
     try:
         request = RobustifyRequest.resolve(protector.judge.card, args.model, norm=args.norm, **changed)
@@ -136,7 +143,12 @@ def main(argv=None) -> int:
     def stamp_of(row: str) -> dict:
         """What a row's files depend on: only the defaults' on the request's changed fields (not the originals'
         or the paper loop's)."""
-        return {**base_stamp, "set": changed} if row == "defaults" and changed else base_stamp
+        if row != "defaults":
+            return base_stamp
+        own = {"set": changed} if changed else {}
+        if protect.RECHECK_MARGIN:
+            own["recheck_below"] = protect.RECHECK_MARGIN
+        return {**base_stamp, **own}
 
     def eval_stamp(row: str) -> dict:
         return {**stamp_of(row), "attacks": attacks}  # an evaluation also depends on the attacks it ran
@@ -215,6 +227,7 @@ def main(argv=None) -> int:
             "continued", "clean"] + [f"greybox_{a}" for a in attacks] + [f"gap_closure_{a}" for a in attacks] + \
         ["verified", "verified_broken_by_aa", "trust_error"]
     result = {"n_images": len(x), "model": args.model, "threat": request.threat_fields(), "set": changed,
+              "recheck_below": protect.RECHECK_MARGIN,
               "request": request.model_dump(), "threads": torch.get_num_threads(), "rows": rows}
     for row, xr, verified, labels, kept in made:
         eval_path = kept.with_suffix(".eval.json") if kept is not None else None

@@ -260,6 +260,28 @@ def test_defaults_bench_counts_every_part_of_both_pipelines(tmp_path):
     too_many = subprocess.run([sys.executable, "-m", "bench.check", "--files", str(tmp_path / "kept" / "defaults.pt"),
                                "-n", "5"], capture_output=True, text=True, timeout=300)
     assert too_many.returncode != 0 and "holds 4 files" in too_many.stderr
+    # bench.recheck runs the check again on the files called robust and scores recheck rules against the row's own
+    # verdicts: a higher floor never keeps more, all runs clearing it keeps no more than the recheck rule, which keeps
+    # no more than the first run passes
+    rc = subprocess.run([sys.executable, "-m", "bench.recheck", "--keep", str(tmp_path / "kept"), "--against", "pgd",
+                         "--taus", "0,0.02,1", "--json", str(tmp_path / "r.json")], capture_output=True, text=True,
+                        timeout=900)
+    assert rc.returncode == 0, rc.stderr[-2000:]
+    rules = {row["rule"]: row["verified"] for row in json.loads((tmp_path / "r.json").read_text())["rows"]}
+    assert rules["the reports' verdicts"] == sum(called)
+    floors = [rules[f"run 0 > {t}"] for t in (0.0, 0.02, 1.0)]
+    assert floors == sorted(floors, reverse=True) and floors[0] <= sum(called)
+    for t in (0.0, 0.02, 1.0):
+        assert rules[f"every run > {t}"] <= rules[f"run 0 > {t}, or run 0 > 0 and run 1 > {t}"] <= floors[0]
+    no_aa = subprocess.run([sys.executable, "-m", "bench.recheck", "--keep", str(tmp_path / "kept")],
+                           capture_output=True, text=True, timeout=300)
+    assert no_aa.returncode != 0 and "no per-file verdicts of 'aa'" in no_aa.stderr
+    # --recheck-below changes the product's check for the defaults row only: it is made and evaluated anew
+    rechecked = subprocess.run(cmd + ["--recheck-below", "0.5", "--json", str(tmp_path / "rb.json")],
+                               capture_output=True, text=True, timeout=900)
+    assert rechecked.returncode == 0, rechecked.stderr[-2000:]
+    assert rechecked.stdout.count("files and timing from") == 1
+    assert json.loads((tmp_path / "rb.json").read_text())["recheck_below"] == 0.5
     # --set changes the defaults row's request: the paper loop's kept files and evaluation are taken as they are,
     # the defaults row is made and evaluated anew (1 outer iteration instead of the preset's 100: fewer passes)
     changed = subprocess.run(cmd + ["--set", "iterations=1", "--json", str(tmp_path / "set.json")],

@@ -15,6 +15,7 @@ which is weaker than the original; this module composes the components itself in
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
@@ -92,21 +93,48 @@ class AutoAttack:
 
 
 
+def logit_margin(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per row of logits ``z``: the logit of ``y`` minus the largest other logit (negative: not classified ``y``)."""
+    return z.gather(1, y[:, None])[:, 0] - z.scatter(1, y[:, None], -float("inf")).max(1).values
+
+
+def margin_of(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """:func:`logit_margin` of ``model(x)``."""
+    with torch.no_grad():
+        return logit_margin(model(x), y)
+
+
+def apgd_single(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str, epsilon: float,
+                num_classes: int, steps: int, rank: Optional[int] = None, seed: int = 0) -> tuple:
+    """One APGD run (1 restart, ``steps`` iterations): APGD-CE with ``rank=None``, else APGD-T (DLR, targeted)
+    toward the ``rank``-th most likely wrong class at ``x``. Returns ``(fooled, margin)``: ``True`` where it found
+    a point inside the budget that is not classified ``y``, and the lowest margin (:func:`margin_of`) of the two
+    points it ends on (its highest loss and its best adversarial candidate): how close the image came to falling.
+    It draws its random start from torch's global generator (the caller seeds it); for APGD-CE with the generator
+    seeded with ``seed`` it is AutoAttack's APGD-CE run on correctly classified ``x`` bit for bit."""
+    import torchattacks
+
+    kind = {"linf": "Linf", "l2": "L2"}[norm]
+    if rank is None:
+        a = torchattacks.APGD(model, norm=kind, eps=epsilon, loss="ce", steps=steps, n_restarts=1, seed=seed)
+    else:
+        a = torchattacks.APGDT(model, norm=kind, eps=epsilon, seed=seed, n_classes=num_classes, steps=steps,
+                               n_restarts=1)
+        a.target_class = rank + 1  # torchattacks counts the predicted class as 1
+    with torch.enable_grad():
+        best, acc, _, adv = a.attack_single_run(x, y)
+    with torch.no_grad():
+        fooled = (model(adv).argmax(1) != y) | (acc == 0)
+        fooled &= flat_norm(adv - x, norm) <= epsilon * (1 + 1e-5) + 1e-6
+    return fooled, torch.minimum(margin_of(model, best, y), margin_of(model, adv, y))
+
+
 def apgd_t_target(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str, epsilon: float,
                   num_classes: int, rank: int, steps: int, seed: int = 0) -> torch.Tensor:
     """One APGD-T run (DLR, targeted, 1 restart, ``steps`` iterations) toward the ``rank``-th most likely wrong
     class at ``x``: ``True`` where it found a point inside the budget that is not classified ``y``. It draws its
     random start from torch's global generator (the caller seeds it)."""
-    import torchattacks
-
-    a = torchattacks.APGDT(model, norm={"linf": "Linf", "l2": "L2"}[norm], eps=epsilon, seed=seed,
-                           n_classes=num_classes, steps=steps, n_restarts=1)
-    a.target_class = rank + 1  # torchattacks counts the predicted class as 1
-    with torch.enable_grad():
-        _, acc, _, adv = a.attack_single_run(x, y)
-    with torch.no_grad():
-        fooled = (model(adv).argmax(1) != y) | (acc == 0)
-        return fooled & (flat_norm(adv - x, norm) <= epsilon * (1 + 1e-5) + 1e-6)
+    return apgd_single(model, x, y, norm, epsilon, num_classes, steps, rank, seed)[0]
 
 
 def apgd_t_by_rank(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str, epsilon: float,
@@ -116,12 +144,21 @@ def apgd_t_by_rank(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, nor
     ``r`` up to ``min(len(steps_by_rank), num_classes - 1)``. Each target runs on the images the previous
     ones left, as AutoAttack's APGD-T does (same seed handling); ``(100,) * 9`` is its standard version.
     Returns a mask: ``True`` where every target failed and ``x`` is still classified ``y``."""
-    with torch.no_grad():
-        robust = model(x).argmax(1) == y
+    return apgd_t_margins(model, x, y, norm, epsilon, num_classes, steps_by_rank, seed)[0]
+
+
+def apgd_t_margins(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str, epsilon: float,
+                   num_classes: int, steps_by_rank: tuple, seed: int = 0) -> tuple:
+    """:func:`apgd_t_by_rank` and, per image it leaves robust, the lowest margin any target's run ended on
+    (``(robust, margin)``; ``margin`` is meaningful where ``robust``)."""
+    margin = margin_of(model, x, y)
+    robust = margin > 0
     torch.random.manual_seed(seed)
     for rank, steps in enumerate(steps_by_rank[:num_classes - 1], start=1):
         idx = robust.nonzero().flatten()
         if idx.numel() == 0:
             break
-        robust[idx[apgd_t_target(model, x[idx], y[idx], norm, epsilon, num_classes, rank, steps, seed)]] = False
-    return robust
+        fooled, m = apgd_single(model, x[idx], y[idx], norm, epsilon, num_classes, steps, rank, seed)
+        robust[idx[fooled]] = False
+        margin[idx] = torch.minimum(margin[idx], m)
+    return robust, margin

@@ -5,7 +5,7 @@ import torch
 
 from preempt.core.images import decode, encode_png
 from bench.variants import RETRY_CONFIGS
-from preempt.core.protect import RETRY_CONFIG, VERIFY_ATTACKS, protect_images, verify_robust
+from preempt.core.protect import RETRY_CONFIG, VERIFY_ATTACKS, check_margins, protect_images, verify_robust
 from preempt.core.robustify import RobustifyConfig
 from preempt.core.threat import ThreatModel
 
@@ -28,6 +28,36 @@ def test_strong_verification_is_stricter_than_pgd(adv_model, fmnist_test):
     assert not (strong & ~correct).any()
     assert not (weak & ~first_stage).any()  # 5 starts reject at least what the first one does
     assert int(weak.sum()) - int(strong.sum()) >= 2, (int(weak.sum()), int(strong.sum()))
+
+
+def test_the_recheck_of_close_calls_only_takes_verdicts_away_and_needs_a_clear_second_pass(adv_model, fmnist_test):
+    """``check_margins`` is the check itself (same verdicts, from the same generator state) with, for each image it
+    passes, a margin that is positive and no larger than the image's own; ``recheck_below`` runs the check once
+    more (other draws) on the images passed with a margin below it, and such an image stays robust only if that
+    run passes it with a margin of at least ``recheck_below``."""
+    x, y = fmnist_test
+    x, y = x[200:296], y[200:296]
+    threat = ThreatModel("linf", 0.1)
+    torch.manual_seed(3)
+    plain = verify_robust(adv_model, x, y, threat, recheck_below=0.0)
+    torch.manual_seed(3)
+    robust, margin = check_margins(adv_model, x, y, threat)
+    assert torch.equal(robust, plain) and 10 < int(robust.sum()) < len(y)
+    with torch.no_grad():
+        z = adv_model(x)
+    own = z.gather(1, y[:, None])[:, 0] - z.scatter(1, y[:, None], -float("inf")).max(1).values
+    assert (margin[robust] > 0).all() and (margin <= own + 1e-6).all()
+    tau = float(margin[robust].median())
+    torch.manual_seed(3)
+    rechecked = verify_robust(adv_model, x, y, threat, recheck_below=tau)
+    close = plain & (margin < tau)
+    again = torch.zeros_like(plain)
+    torch.manual_seed(3)
+    check_margins(adv_model, x, y, threat)  # the generator as the recheck found it
+    r2, m2 = check_margins(adv_model, x[close], y[close], threat, seed=1)
+    again[close] = r2 & (m2 >= tau)
+    assert torch.equal(rechecked, plain & (~close | again))
+    assert int(close.sum()) >= 5 and not (rechecked & ~plain).any()
 
 
 def test_unknown_verification_attack_is_refused(adv_model, fmnist_test):
