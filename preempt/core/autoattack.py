@@ -124,9 +124,10 @@ def apgd_single(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, norm: 
     with torch.enable_grad():
         best, acc, _, adv = a.attack_single_run(x, y)
     with torch.no_grad():
-        fooled = (model(adv).argmax(1) != y) | (acc == 0)
+        z = model(adv)  # one pass for both the verdict and the margin at the candidate
+        fooled = (z.argmax(1) != y) | (acc == 0)
         fooled &= flat_norm(adv - x, norm) <= epsilon * (1 + 1e-5) + 1e-6
-    return fooled, torch.minimum(margin_of(model, best, y), margin_of(model, adv, y))
+    return fooled, torch.minimum(margin_of(model, best, y), logit_margin(z, y))
 
 
 def apgd_t_target(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str, epsilon: float,

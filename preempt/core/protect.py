@@ -181,8 +181,8 @@ def verify_robust(model: torch.nn.Module, x: torch.Tensor, label: torch.Tensor, 
     robust, margin = check_margins(model, x, label, threat, attack, restarts, seed=0)
     close = (robust & (margin < recheck_below)).nonzero().flatten()
     if close.numel():
-        again, margin = check_margins(model, x[close], label[close], threat, attack, restarts, seed=1)
-        robust[close] = again & (margin >= recheck_below)
+        again, again_margin = check_margins(model, x[close], label[close], threat, attack, restarts, seed=1)
+        robust[close] = again & (again_margin >= recheck_below)
     return robust
 
 
