@@ -2,7 +2,7 @@
 
     python -m bench.transforms [-n 1000] [--model fmnist-linf-ours-12ep] [--upscale 1]
         [--columns none,jpeg:75,jpeg:85,jpeg:95] [--survive jpeg:75-95] [--attacks pgd,aa]
-        [--batch 100] [--json F] [--markdown F]
+        [--batch 100] [--chunks DIR] [--json F] [--markdown F]
 
 The first ``n`` Fashion-MNIST test images (enlarged ``--upscale`` times by Pillow first, as a platform sees a
 photo larger than its model's input) go through the product's pipeline (``protect_images`` at the defaults:
@@ -18,6 +18,12 @@ through a codec are the slow part on a CPU); the non-adaptive one is always the 
 Per row and column: clean accuracy after ``T``, robust accuracy and gap closure per attack (against the
 originals under the same ``T``); per row: robustification passes per image, seconds per image of the whole
 pipeline (robustify, write, check), PSNR, SSIM and the verified rate of the written files.
+
+``--chunks DIR`` saves each batch's per-image verdicts and reports to ``DIR/<first>-<end>.json`` (test image
+indices) as soon as the batch ends, and takes a batch found there (made with the same settings) instead of running
+it again: an interrupted run resumes, and runs on other machines or with other ``--start`` fill in other ranges of
+the same table. The table is then built from every chunk in the folder with those settings, in order of their first
+image, so a 1000-image table can be made in parts; it says which images it covers.
 """
 
 from __future__ import annotations
@@ -66,10 +72,14 @@ def main(argv=None) -> int:
                     help="AutoAttack components run through the transform: all (the standard four) or a comma list, "
                          "e.g. apgd-ce,apgd-t (the non-adaptive AutoAttack is always the standard four)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--chunks", default=None, help="folder for each batch's per-image results; batches found there "
+                    "are taken, not run again, and the table covers every chunk there with these settings")
     ap.add_argument("--json", default=None)
     ap.add_argument("--markdown", default=None)
     args = ap.parse_args(argv)
 
+    if args.n < 1 or args.batch < 1:
+        ap.error("-n and --batch must be at least 1")
     clf = load_classifier(args.model)
     threat = card_threat(args.model)
     x, y = fashion_mnist("test", limit=args.start + args.n)
@@ -80,47 +90,113 @@ def main(argv=None) -> int:
     size = clf.spec.input_size
     config = RobustifyConfig(smooth_size=tuple(size) if size else None)
     variants = {"defaults": None, f"survive {Transform(args.survive).spec}": Transform(args.survive)}
-    masks = {v: {} for v in ["originals", *variants]}
-    reports = {v: [] for v in variants}
-    seconds = {v: 0.0 for v in variants}
-
-    def keep(variant, found):
-        for col, m in found.items():
-            for key, mask in m.items():
-                masks[variant].setdefault(col, {}).setdefault(key, []).append(mask)
+    settings = {"model": args.model, "upscale": args.upscale, "columns": columns, "survive": Transform(args.survive).spec,
+                "attacks": attacks, "adaptive_aa": list(adaptive_aa or ["all"]), "seed": args.seed,
+                "threat": asdict(threat)}
+    chunks = Path(args.chunks) if args.chunks else None
+    if chunks is not None:
+        chunks.mkdir(parents=True, exist_ok=True)
 
     t0 = time.perf_counter()
-    for i in range(0, len(x), args.batch):
-        xb, yb = x[i:i + args.batch], y[i:i + args.batch]
-        torch.manual_seed(args.seed + i)
-        keep("originals", attack_columns(clf.model, xb, yb, threat, columns, attacks, adaptive_aa))
-        for variant, survive in variants.items():
-            torch.manual_seed(args.seed + i)
-            start = time.perf_counter()
-            out = protect_images(clf.model, [DecodedImage(pixels=xi, alpha=None, format="png") for xi in xb], threat,
-                                 config, strength="medium", survive=survive)
-            seconds[variant] += time.perf_counter() - start
-            reports[variant] += [r.report for r in out]
-            xr = torch.stack([r.pixels for r in out])
-            torch.manual_seed(args.seed + i)
-            keep(variant, attack_columns(clf.model, xr, yb, threat, columns, attacks, adaptive_aa))
-        done = i + len(xb)
-        result = summarise(masks, reports, seconds, attacks, columns)
-        result.update({"command": "python -m bench.transforms " + " ".join(sys.argv[1:] if argv is None else argv),
-                       "model": args.model, "adaptive_aa": list(adaptive_aa or ["all"]), "n": done,
-                       "complete": done == len(x), "start": args.start, "upscale": args.upscale,
-                       "image_size": list(x.shape[-2:]), "threat": asdict(threat), "columns": columns,
-                       "attacks": attacks,
-                       "seconds": time.perf_counter() - t0})
+    command = "python -m bench.transforms " + " ".join(sys.argv[1:] if argv is None else argv)
+
+    def write(done: list) -> str:
+        """The table of ``done`` (this run's chunks, or every chunk of the folder), written where asked."""
+        result = table(done, attacks, columns)
+        result.update({"command": command, "model": args.model, "adaptive_aa": settings["adaptive_aa"],
+                       "upscale": args.upscale, "image_size": list(x.shape[-2:]), "threat": asdict(threat),
+                       "columns": columns, "attacks": attacks, "seconds": time.perf_counter() - t0,
+                       "complete": covers(result["images"], args.start, args.start + len(x))})
         md = markdown(result)
-        print(f"{done}/{len(x)} images, {time.perf_counter() - t0:.0f} s", flush=True)
         if args.json:  # after every batch, so that an interrupted run keeps what it measured
             Path(args.json).parent.mkdir(parents=True, exist_ok=True)
             Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
         if args.markdown:
             Path(args.markdown).write_text(md + "\n")
+        return md
+
+    ran = []  # this run's chunks
+    md = None
+    for i in range(0, len(x), args.batch):
+        first = args.start + i
+        xb, yb = x[i:i + args.batch], y[i:i + args.batch]
+        path = chunks / f"{first:05d}-{first + len(xb):05d}.json" if chunks is not None else None
+        if path is not None and path.exists():
+            chunk = json.loads(path.read_text())
+            if chunk["settings"] != settings:
+                ap.error(f"{path} was made with other settings ({chunk['settings']}); use another --chunks folder")
+            print(f"images {first}-{first + len(xb)}: taken from {path}", flush=True)
+            continue
+        chunk = {"settings": settings, "first": first, "end": first + len(xb), "masks": {}, "reports": {},
+                 "seconds": {}}
+        torch.manual_seed(args.seed + first)
+        chunk["masks"]["originals"] = as_bits(attack_columns(clf.model, xb, yb, threat, columns, attacks, adaptive_aa))
+        for variant, survive in variants.items():
+            torch.manual_seed(args.seed + first)
+            start = time.perf_counter()
+            out = protect_images(clf.model, [DecodedImage(pixels=xi, alpha=None, format="png") for xi in xb], threat,
+                                 config, strength="medium", survive=survive)
+            chunk["seconds"][variant] = time.perf_counter() - start
+            chunk["reports"][variant] = [r.report for r in out]
+            xr = torch.stack([r.pixels for r in out])
+            torch.manual_seed(args.seed + first)
+            chunk["masks"][variant] = as_bits(attack_columns(clf.model, xr, yb, threat, columns, attacks, adaptive_aa))
+        ran.append(chunk)
+        if path is not None:
+            path.write_text(json.dumps(chunk) + "\n")
+        print(f"images {first}-{first + len(xb)} done, {time.perf_counter() - t0:.0f} s", flush=True)
+        md = write(ran if chunks is None else load_chunks(chunks, settings))
+    if md is None:  # every batch was in --chunks already: the table of the folder
+        md = write(load_chunks(chunks, settings))
     print(md)
     return 0
+
+
+def covers(images: list, first: int, end: int) -> bool:
+    """Whether the merged ranges ``images`` hold every test image from ``first`` to ``end`` (exclusive)."""
+    return any(a <= first and end <= b for a, b in images)
+
+
+def as_bits(found: dict) -> dict:
+    """:func:`attack_columns`' masks as strings of 0/1 per image (JSON that stays readable in a diff)."""
+    return {col: {key: "".join("1" if b else "0" for b in mask.tolist()) for key, mask in m.items()}
+            for col, m in found.items()}
+
+
+def load_chunks(folder: Path, settings: dict) -> list:
+    """Every chunk in ``folder`` made with ``settings``, in order of its first image; overlapping chunks are an
+    error (two runs with other batch boundaries over the same images)."""
+    chunks = sorted((json.loads(p.read_text()) for p in folder.glob("*.json")), key=lambda c: c["first"])
+    chunks = [c for c in chunks if c["settings"] == settings]
+    for a, b in zip(chunks, chunks[1:]):
+        if b["first"] < a["end"]:
+            raise SystemExit(f"chunks {a['first']}-{a['end']} and {b['first']}-{b['end']} in {folder} overlap")
+    return chunks
+
+
+def table(chunks: list, attacks: list, columns: list) -> dict:
+    """:func:`summarise` over ``chunks`` (each a batch's bits, reports and seconds), with the images covered."""
+    masks, reports, seconds = {}, {}, {}
+    for c in chunks:
+        for variant, found in c["masks"].items():
+            for col, m in found.items():
+                for key, bits in m.items():
+                    masks.setdefault(variant, {}).setdefault(col, {}).setdefault(key, []).append(
+                        torch.tensor([b == "1" for b in bits]))
+        for variant, rs in c["reports"].items():
+            reports.setdefault(variant, []).extend(rs)
+            seconds[variant] = seconds.get(variant, 0.0) + c["seconds"][variant]
+    result = summarise(masks, reports, seconds, attacks, columns)
+    ranges = [[c["first"], c["end"]] for c in chunks]
+    merged = []
+    for a, b in ranges:
+        if merged and merged[-1][1] == a:
+            merged[-1][1] = b
+        else:
+            merged.append([a, b])
+    result.update({"n": sum(b - a for a, b in ranges), "images": merged,
+                   "start": ranges[0][0] if ranges else None})
+    return result
 
 
 def summarise(masks: dict, reports: dict, seconds: dict, attacks: list, columns: list) -> dict:
@@ -160,7 +236,8 @@ def markdown(result: dict) -> str:
     cols, attacks = result["columns"], result["attacks"]
     head = ["variant"] + [f"{c} {a}" for c in cols for a in attacks] + ["passes/img", "s/img", "PSNR dB", "SSIM",
                                                                        "verified"]
-    lines = [f"{result['n']} test images from {result['start']}, {result['image_size'][0]}x{result['image_size'][1]} px, "
+    covered = ", ".join(f"{a}-{b - 1}" for a, b in result.get("images", [[result["start"], result["start"] + result["n"]]]))
+    lines = [f"{result['n']} test images ({covered}), {result['image_size'][0]}x{result['image_size'][1]} px, "
              f"model {result['model']}; cells: gap closure (robust accuracy after the transform)", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     fmt = (lambda v, d=3: "-" if v is None else f"{v:.{d}f}")

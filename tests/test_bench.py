@@ -156,14 +156,18 @@ def test_margin_outer_loss_raises_the_worst_case_margin(adv_model, fmnist_test):
 
 def test_transforms_bench_writes_its_table(tmp_path):
     """``bench.transforms`` runs the product's pipeline with and without ``survive`` and reports, per variant and
-    transform column, accuracy and gap closure for the adaptive and the non-adaptive attack."""
-    out = tmp_path / "t.json"
-    r = subprocess.run([sys.executable, "-m", "bench.transforms", "-n", "6", "--batch", "6", "--attacks", "pgd",
-                        "--columns", "none,jpeg:75", "--survive", "jpeg:75-95", "--json", str(out)],
-                       capture_output=True, text=True, timeout=900)
+    transform column, accuracy and gap closure for the adaptive and the non-adaptive attack. With ``--chunks`` each
+    batch is kept as it ends: a second run takes them instead of running again and gives the same table, a run over
+    part of the range takes its chunk, and a run with other settings is refused instead of mixing tables."""
+    out, chunks = tmp_path / "t.json", tmp_path / "chunks"
+    cmd = [sys.executable, "-m", "bench.transforms", "-n", "6", "--batch", "3", "--attacks", "pgd",
+           "--columns", "none,jpeg:75", "--survive", "jpeg:75-95", "--chunks", str(chunks)]
+    r = subprocess.run(cmd + ["--json", str(out)], capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr
     table = json.loads(out.read_text())
     assert [row["variant"] for row in table["rows"]] == ["originals", "defaults", "survive jpeg:75-95"]
+    assert table["n"] == 6 and table["images"] == [[0, 6]] and table["complete"]
+    assert sorted(p.name for p in chunks.iterdir()) == ["00000-00003.json", "00003-00006.json"]
     for row in table["rows"]:
         for col in ("none", "jpeg:75"):
             both = row[f"{col}:pgd"]
@@ -171,6 +175,16 @@ def test_transforms_bench_writes_its_table(tmp_path):
     for row in table["rows"][1:]:
         assert row["passes_per_image"] > 0 and 0 < row["ssim"] <= 1 and "jpeg:75:gap_closure_pgd" in row
     assert "| survive jpeg:75-95 |" in r.stdout
+    again = subprocess.run(cmd + ["--json", str(tmp_path / "again.json")], capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.count("taken from") == 2
+    assert json.loads((tmp_path / "again.json").read_text())["rows"] == table["rows"]
+    part = subprocess.run(cmd[:4] + ["3", "--start", "3"] + cmd[5:] + ["--json", str(tmp_path / "part.json")],
+                          capture_output=True, text=True, timeout=300)
+    assert part.returncode == 0 and part.stdout.count("taken from") == 1, part.stderr
+    other = subprocess.run(cmd[:-4] + ["--columns", "none", "--chunks", str(chunks)], capture_output=True, text=True,
+                           timeout=300)
+    assert other.returncode != 0 and "made with other settings" in other.stderr
 
 
 def test_quality_bench_measures_each_setting_on_real_images_and_photos(tmp_path):
@@ -276,6 +290,24 @@ def test_defaults_bench_counts_every_part_of_both_pipelines(tmp_path):
     no_aa = subprocess.run([sys.executable, "-m", "bench.recheck", "--keep", str(tmp_path / "kept")],
                            capture_output=True, text=True, timeout=300)
     assert no_aa.returncode != 0 and "no per-file verdicts of 'aa'" in no_aa.stderr
+    # bench.decide builds checks from parts run on every file: a margin floor of 0 decides every file the screen
+    # passes (the screen's verdicts and passes), an unreachable floor runs the 100-iteration stage on all of them
+    # (no more files called robust, more passes), and the recheck only takes verdicts away
+    dc = subprocess.run([sys.executable, "-m", "bench.decide", "--keep", str(tmp_path / "kept"), "--against", "pgd",
+                         "--floors", "0,1e9", "--batch", "4", "--json", str(tmp_path / "dc.json")],
+                        capture_output=True, text=True, timeout=900)
+    assert dc.returncode == 0, dc.stderr[-2000:]
+    decided = {row["check"]: row for row in json.loads((tmp_path / "dc.json").read_text())["rows"]}
+    screen, none_decided = "screen only (apgd-t @25 toward all nine)", "screen, then @100 toward ranks 1-3 below margin"
+    for run in ("one run", "with the recheck of close calls"):
+        assert decided[f"{none_decided} 0, {run}"]["verified"] == decided[f"{screen}, {run}"]["verified"]
+        assert decided[f"{none_decided} 0, {run}"]["passes"] == decided[f"{screen}, {run}"]["passes"]
+        assert decided[f"{none_decided} 1e+09, {run}"]["verified"] <= decided[f"{screen}, {run}"]["verified"]
+        assert decided[f"{none_decided} 1e+09, {run}"]["passes"] >= decided[f"{screen}, {run}"]["passes"]
+    for name in ("current", screen, f"{none_decided} 1e+09"):
+        assert decided[f"{name}, with the recheck of close calls"]["verified"] <= decided[f"{name}, one run"]["verified"]
+        assert decided[f"{name}, one run"]["passes"] > 0
+    assert decided["the row's reports (the product's own run)"]["verified"] == sum(called)
     # --recheck-below changes the product's check for the defaults row only: it is made and evaluated anew
     rechecked = subprocess.run(cmd + ["--recheck-below", "0.5", "--json", str(tmp_path / "rb.json")],
                                capture_output=True, text=True, timeout=900)
