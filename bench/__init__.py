@@ -62,3 +62,20 @@ def robust_accuracy(model, x, y, threat, attacks, batch: int, whitebox_of=None, 
         wb = whitebox_attack(model, x, whitebox_of, y, threat)
         out["whitebox_pgd"] = float((ok & wb["robust_worst"]).float().mean())
     return out
+
+
+def kept_row(ap, keep: str, against: str) -> tuple:
+    """``(made, evaluation)`` of the ``defaults`` row a ``bench.defaults --keep`` folder holds: its files
+    (``defaults.pt``) and its evaluation (``defaults.eval.json``), which must hold per-file verdicts of ``against``
+    (else ``ap.error``, one line)."""
+    import torch
+
+    folder = Path(keep)
+    if not (folder / "defaults.pt").exists() or not (folder / "defaults.eval.json").exists():
+        ap.error(f"{folder} holds no evaluated defaults row: run bench.defaults with --keep {folder} first")
+    made = torch.load(folder / "defaults.pt", weights_only=False)
+    evaluation = json.loads((folder / "defaults.eval.json").read_text())
+    if against not in evaluation.get("robust_per_file", {}):
+        ap.error(f"{folder}/defaults.eval.json holds no per-file verdicts of {against!r}: run bench.defaults with "
+                 "--keep and that attack first")
+    return made, evaluation

@@ -15,7 +15,8 @@ APGD-CE, APGD-T over 9 classes, FAB-T, Square 5000). Each candidate check is the
 robust, the share of those AutoAttack breaks (the report's error) and the classifier passes per file it
 costs (iterations x files attacked, summed over its stages, divided by all files). The candidates include
 tiered ones (AutoAttack's 100 iterations toward the most likely runner-up classes, fewer toward the others);
-the one the product runs is marked ``(current)``.
+the tiered one (``protect.APGD_T_STEPS``, the product's check before the decided check of bench.decide) is marked
+``(current)``.
 
 ``--files F`` studies the files a ``python -m bench.defaults --keep DIR`` run wrote (``DIR/defaults.pt``: its
 decoded files, their labels and its report's verdicts) instead of protecting the images again: the check

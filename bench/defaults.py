@@ -106,6 +106,10 @@ def main(argv=None) -> int:
     ap.add_argument("--recheck-below", type=float, default=None, metavar="MARGIN",
                     help="the report's check runs once more on the images it passes with a margin below this "
                          "(verify_robust's recheck_below; default the product's RECHECK_MARGIN)")
+    ap.add_argument("--decide-above", type=float, default=None, metavar="MARGIN",
+                    help="the check's APGD-T at 25 iterations toward every runner-up class, then 100 toward the three "
+                         "most likely only on images whose margin is under this (check_margins' decide_above; "
+                         "default the product's DECIDED_MARGIN)")
     ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                     help="a request field for the defaults row, as a client would send it (e.g. stop_loss=0.693); "
                          "repeatable")
@@ -124,6 +128,8 @@ def main(argv=None) -> int:
 
     if args.recheck_below is not None:
         protect.RECHECK_MARGIN = args.recheck_below
+    if args.decide_above is not None:
+        protect.DECIDED_MARGIN = args.decide_above
     protector = pipeline.load_protector(args.model)
     try:
         request = RobustifyRequest.resolve(protector.judge.card, args.model, norm=args.norm, **changed)
@@ -148,6 +154,8 @@ def main(argv=None) -> int:
         own = {"set": changed} if changed else {}
         if protect.RECHECK_MARGIN:
             own["recheck_below"] = protect.RECHECK_MARGIN
+        if protect.DECIDED_MARGIN is not None:
+            own["decide_above"] = protect.DECIDED_MARGIN
         return {**base_stamp, **own}
 
     def eval_stamp(row: str) -> dict:
@@ -227,7 +235,7 @@ def main(argv=None) -> int:
             "continued", "clean"] + [f"greybox_{a}" for a in attacks] + [f"gap_closure_{a}" for a in attacks] + \
         ["verified", "verified_broken_by_aa", "trust_error"]
     result = {"n_images": len(x), "model": args.model, "threat": request.threat_fields(), "set": changed,
-              "recheck_below": protect.RECHECK_MARGIN,
+              "recheck_below": protect.RECHECK_MARGIN, "decide_above": protect.DECIDED_MARGIN,
               "request": request.model_dump(), "threads": torch.get_num_threads(), "rows": rows}
     for row, xr, verified, labels, kept in made:
         eval_path = kept.with_suffix(".eval.json") if kept is not None else None

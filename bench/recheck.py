@@ -21,13 +21,12 @@ against that row's own AutoAttack verdicts (true label; ``--against pgd``: its P
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import torch
 
-from bench import emit
+from bench import emit, kept_row
 from preempt.core.data import fashion_mnist
 from preempt.core.protect import check_margins
 from preempt.core.threat import ThreatModel
@@ -45,12 +44,8 @@ def main(argv=None) -> int:
     ap.add_argument("--markdown")
     args = ap.parse_args(argv)
     keep = Path(args.keep)
-    made = torch.load(keep / "defaults.pt", weights_only=False)
-    evaluation = json.loads((keep / "defaults.eval.json").read_text())
+    made, evaluation = kept_row(ap, args.keep, args.against)
     stamp = made["stamp"]
-    if args.against not in evaluation.get("robust_per_file", {}):
-        ap.error(f"{keep}/defaults.eval.json holds no per-file verdicts of {args.against!r}: run bench.defaults with "
-                 "--keep and that attack first")
     if made["verified"] is None:
         ap.error("that defaults row ran without a check")
     from preempt.core.models import load_classifier

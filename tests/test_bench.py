@@ -308,6 +308,14 @@ def test_defaults_bench_counts_every_part_of_both_pipelines(tmp_path):
         assert decided[f"{name}, with the recheck of close calls"]["verified"] <= decided[f"{name}, one run"]["verified"]
         assert decided[f"{name}, one run"]["passes"] > 0
     assert decided["the row's reports (the product's own run)"]["verified"] == sum(called)
+    # --product runs the product's own check with each floor on the row's files: deciding every file the screen
+    # passes (floor 0) never costs more than the tiered check on every file
+    pc = subprocess.run([sys.executable, "-m", "bench.decide", "--keep", str(tmp_path / "kept"), "--against", "pgd",
+                         "--product", "0,inf", "--batch", "4", "--json", str(tmp_path / "pc.json")],
+                        capture_output=True, text=True, timeout=900)
+    assert pc.returncode == 0, pc.stderr[-2000:]
+    product = {row["check"]: row for row in json.loads((tmp_path / "pc.json").read_text())["rows"]}
+    assert 0 < product["product: decided above margin 0"]["passes"] <= product["product: the tiered check on every file"]["passes"]
     # --recheck-below changes the product's check for the defaults row only: it is made and evaluated anew
     rechecked = subprocess.run(cmd + ["--recheck-below", "0.5", "--json", str(tmp_path / "rb.json")],
                                capture_output=True, text=True, timeout=900)

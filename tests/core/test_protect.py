@@ -61,6 +61,46 @@ def test_the_recheck_of_close_calls_only_takes_verdicts_away_and_needs_a_clear_s
     assert int(close.sum()) >= 5 and not (rechecked & ~plain).any()
 
 
+def test_the_decided_check_runs_the_long_attacks_only_on_close_images(adv_model, fmnist_test):
+    """With ``decide_above`` the check's short APGD-T toward every class runs first; its 100-iteration runs toward
+    the three most likely classes then run only on the images whose margin is under the floor. A floor of 0
+    decides every image the screen passes; a floor never reached sends all of them on: it only takes verdicts away
+    from the screen's, leaves the decided images' verdicts and margins as the screen's, and costs more passes."""
+    x, y = fmnist_test
+    x, y = x[300:348], y[300:348]
+    threat = ThreatModel("linf", 0.1)
+    passes = []
+
+    class Counted(torch.nn.Module):
+        def forward(self, xs):
+            passes[-1] += xs.shape[0]
+            return adv_model(xs)
+
+    counted = Counted()
+    runs = {}
+
+    def run(floor):
+        passes.append(0)
+        torch.manual_seed(5)
+        runs[floor] = check_margins(counted, x, y, threat, decide_above=floor)
+
+    run(0.0)
+    screen, screen_margin = runs[0.0]
+    assert 5 < int(screen.sum()) < len(y)
+    middle = float(screen_margin[screen].median())  # decides about half the images the screen passes
+    run(middle)
+    run(1e9)
+    for floor in (middle, 1e9):
+        robust, margin = runs[floor]
+        assert not (robust & ~screen).any()  # the long runs only take verdicts away
+        decided = screen & (screen_margin >= floor)
+        assert torch.equal(robust[decided], screen[decided]) and torch.equal(margin[decided], screen_margin[decided])
+    assert passes[0] < passes[1] < passes[2]
+    with torch.no_grad():
+        correct = adv_model(x).argmax(1) == y
+    assert not (runs[middle][0] & ~correct).any()
+
+
 def test_unknown_verification_attack_is_refused(adv_model, fmnist_test):
     x, y = fmnist_test
     with pytest.raises(ValueError, match="verify must be one of"):
