@@ -34,11 +34,11 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 import torch
 
 from bench import emit, kept_row
+from bench.defaults import Counted
 from preempt.core.attacks import pgd
 from preempt.core.autoattack import apgd_single, margin_of
 from preempt.core.data import fashion_mnist
@@ -46,18 +46,6 @@ from preempt.core.protect import RECHECK_MARGIN, verify_robust
 from preempt.core.threat import ThreatModel
 
 TOP = 3  # the runner-up ranks that get AutoAttack's 100 iterations
-
-
-class Counting(torch.nn.Module):
-    """The model, counting the images it is run on (a pass: forward, or forward and input gradient)."""
-
-    def __init__(self, model: torch.nn.Module):
-        super().__init__()
-        self.model, self.passes = model, 0
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.passes += x.shape[0]
-        return self.model(x)
 
 
 def parts_of(classes: int) -> list:
@@ -135,7 +123,6 @@ def main(argv=None) -> int:
     ap.add_argument("--json")
     ap.add_argument("--markdown")
     args = ap.parse_args(argv)
-    keep = Path(args.keep)
     made, evaluation = kept_row(ap, args.keep, args.against)
     if args.runs < 1:
         ap.error("--runs must be at least 1")
@@ -166,23 +153,25 @@ def main(argv=None) -> int:
     reported = made["verified"][:args.limit][kept] if made["verified"] is not None else None
     rows = [] if reported is None else [{**row("the row's reports (the product's own run)", reported, 0),
                                          "passes": made["row"].get("passes_check")}]
+    xk, yk = x[kept], labels[kept]
+    result = {"keep": args.keep, "stamp": stamp, "against": args.against, "files_with_label": len(kept),
+              "recheck_margin": RECHECK_MARGIN}
+    cols = ["check", "verified", "true_label", "broken", "error", "passes"]
     if args.product:
-        counted = Counting(model)
+        counted = Counted(model)
         for floor in (float(f) for f in args.product.split(",")):
-            counted.passes = 0
+            counted.counts = {}
             torch.manual_seed(0)
-            robust = torch.cat([verify_robust(counted, x[kept][i:i + args.batch], labels[kept][i:i + args.batch],
-                                              threat, decide_above=floor) for i in range(0, len(kept), args.batch)])
+            robust = torch.cat([verify_robust(counted, xk[i:i + args.batch], yk[i:i + args.batch], threat,
+                                              decide_above=floor) for i in range(0, len(kept), args.batch)])
             name = "the tiered check on every file" if floor == float("inf") else f"decided above margin {floor:g}"
-            rows.append(row(f"product: {name}", robust, counted.passes))
+            rows.append(row(f"product: {name}", robust, sum(counted.counts.values())))
             print(rows[-1], f"({time.time() - t0:.0f} s)", flush=True)
-        result = {"keep": str(keep), "stamp": stamp, "against": args.against, "files_with_label": len(kept),
-                  "recheck_margin": RECHECK_MARGIN, "seconds": round(time.time() - t0, 1), "rows": rows}
-        emit(result, ["check", "verified", "true_label", "broken", "error", "passes"], args.json, args.markdown)
+        emit({**result, "seconds": round(time.time() - t0, 1), "rows": rows}, cols, args.json, args.markdown)
         return 0
     runs = []
     for k in range(args.runs):
-        runs.append(run_parts(model, x[kept], labels[kept], threat, classes, k, args.batch))
+        runs.append(run_parts(model, xk, yk, threat, classes, k, args.batch))
         print(f"run {k}: {len(kept)} files, every part ({time.time() - t0:.0f} s)", flush=True)
 
     for name, (stages, below) in checks(classes, floors).items():
@@ -199,16 +188,15 @@ def main(argv=None) -> int:
     screen = checks(classes, [])["screen only (apgd-t @25 toward all nine)"][0]
     r0, m0, _ = cascade(screen, runs[0])
     qs = (0.01, 0.05, 0.1, 0.25, 0.5)
-    result = {"keep": str(keep), "stamp": stamp, "against": args.against, "files_with_label": len(kept), "recheck_margin": RECHECK_MARGIN,
-              "seconds": round(time.time() - t0, 1),
+    result.update({"seconds": round(time.time() - t0, 1),
               # where the screen's margins lie on the files it passes, and on those of them AutoAttack breaks
               "screen_margin_quantiles": dict(zip(map(str, qs), torch.quantile(m0[r0], torch.tensor(qs)).tolist()))
               if r0.any() else {},
               "screen_margins_of_aa_broken": sorted(round(float(v), 4) for v in m0[r0 & broken]),
-              "rows": rows}
+              "rows": rows})
     print("screen margins of the files it passes, quantiles:", result["screen_margin_quantiles"])
     print("screen margins of those AutoAttack breaks:", result["screen_margins_of_aa_broken"])
-    emit(result, ["check", "verified", "true_label", "broken", "error", "passes"], args.json, args.markdown)
+    emit(result, cols, args.json, args.markdown)
     return 0
 
 
