@@ -171,7 +171,7 @@ def explain(args) -> int:
     return 0
 
 
-def check_margins(model, norm: str, eps: float, geometry, x: torch.Tensor, y: torch.Tensor, classes: int) -> dict:
+def part_margins(model, norm: str, eps: float, geometry, x: torch.Tensor, y: torch.Tensor, classes: int) -> dict:
     """Per part of the product's check (PGD-20, APGD-CE @100, APGD-T toward each runner-up class at
     :data:`APGD_T_STEPS`), each run alone on all of ``x``: the margin at the point it ends on (its best)."""
     import torchattacks
@@ -197,7 +197,7 @@ def margins(args) -> int:
     t0 = time.time()
     parts: dict = {}
     for i in range(0, len(yk), args.batch):
-        for k, v in check_margins(model, threat.norm, threat.epsilon, threat.geometry, xk[i:i + args.batch],
+        for k, v in part_margins(model, threat.norm, threat.epsilon, threat.geometry, xk[i:i + args.batch],
                                   yk[i:i + args.batch], classes).items():
             parts.setdefault(k, []).append(v)
         print(f"margins of {min(i + args.batch, len(yk))}/{len(yk)} files ({time.time() - t0:.0f} s)", flush=True)
