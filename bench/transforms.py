@@ -2,7 +2,7 @@
 
     python -m bench.transforms [-n 1000] [--model fmnist-linf-ours-12ep] [--upscale 1]
         [--columns none,jpeg:75,jpeg:85,jpeg:95] [--survive jpeg:75-95] [--attacks pgd,aa]
-        [--batch 100] [--chunks DIR] [--json F] [--markdown F]
+        [--batch 100] [--chunks DIR [--from-chunks]] [--json F] [--markdown F]
 
 The first ``n`` Fashion-MNIST test images (enlarged ``--upscale`` times by Pillow first, as a platform sees a
 photo larger than its model's input) go through the product's pipeline (``protect_images`` at the defaults:
@@ -23,7 +23,9 @@ pipeline (robustify, write, check), PSNR, SSIM and the verified rate of the writ
 indices) as soon as the batch ends, and takes a batch found there (made with the same settings) instead of running
 it again: an interrupted run resumes, and runs on other machines or with other ``--start`` fill in other ranges of
 the same table. The table is then built from every chunk in the folder with those settings, in order of their first
-image, so a 1000-image table can be made in parts; it says which images it covers.
+image, so a 1000-image table can be made in parts; it says which images it covers, and how many of them this run
+ran (``ran``: 0 when it only built the table from the chunks; its ``seconds`` are then this run's, not the table's).
+``--from-chunks`` builds the table of the folder and runs nothing.
 """
 
 from __future__ import annotations
@@ -74,12 +76,16 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--chunks", default=None, help="folder for each batch's per-image results; batches found there "
                     "are taken, not run again, and the table covers every chunk there with these settings")
+    ap.add_argument("--from-chunks", action="store_true", help="only build the table of the chunks in --chunks; "
+                    "run no batch (a batch of the range missing there is named, not run)")
     ap.add_argument("--json", default=None)
     ap.add_argument("--markdown", default=None)
     args = ap.parse_args(argv)
 
     if args.n < 1 or args.batch < 1:
         ap.error("-n and --batch must be at least 1")
+    if args.from_chunks and not args.chunks:
+        ap.error("--from-chunks needs --chunks DIR")
     clf = load_classifier(args.model)
     threat = card_threat(args.model)
     x, y = fashion_mnist("test", limit=args.start + args.n)
@@ -106,6 +112,7 @@ def main(argv=None) -> int:
         result.update({"command": command, "model": args.model, "adaptive_aa": settings["adaptive_aa"],
                        "upscale": args.upscale, "image_size": list(x.shape[-2:]), "threat": asdict(threat),
                        "columns": columns, "attacks": attacks, "seconds": time.perf_counter() - t0,
+                       "ran": sum(c["end"] - c["first"] for c in ran),
                        "complete": covers(result["images"], args.start, args.start + len(x))})
         md = markdown(result)
         if args.json:  # after every batch, so that an interrupted run keeps what it measured
@@ -127,6 +134,9 @@ def main(argv=None) -> int:
                 ap.error(f"{path} was made with other settings ({chunk['settings']}); use another --chunks folder")
             print(f"images {first}-{first + len(xb)}: taken from {path}", flush=True)
             continue
+        if args.from_chunks:
+            print(f"images {first}-{first + len(xb)}: no chunk {path.name} in {chunks}, not run", flush=True)
+            continue
         chunk = {"settings": settings, "first": first, "end": first + len(xb), "masks": {}, "reports": {},
                  "seconds": {}}
         torch.manual_seed(args.seed + first)
@@ -146,8 +156,11 @@ def main(argv=None) -> int:
             path.write_text(json.dumps(chunk) + "\n")
         print(f"images {first}-{first + len(xb)} done, {time.perf_counter() - t0:.0f} s", flush=True)
         md = write(ran if chunks is None else load_chunks(chunks, settings))
-    if md is None:  # every batch was in --chunks already: the table of the folder
-        md = write(load_chunks(chunks, settings))
+    if md is None:  # every batch was in --chunks already (or --from-chunks): the table of the folder
+        found = load_chunks(chunks, settings)
+        if not found:
+            ap.error(f"no chunk in {chunks} was made with these settings")
+        md = write(found)
     print(md)
     return 0
 

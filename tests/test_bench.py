@@ -2,6 +2,7 @@
 
 import copy
 import json
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -182,9 +183,50 @@ def test_transforms_bench_writes_its_table(tmp_path):
     part = subprocess.run(cmd[:4] + ["3", "--start", "3"] + cmd[5:] + ["--json", str(tmp_path / "part.json")],
                           capture_output=True, text=True, timeout=300)
     assert part.returncode == 0 and part.stdout.count("taken from") == 1, part.stderr
+    # --from-chunks over a longer range runs nothing: it names the missing batch and builds the table of the folder
+    only = subprocess.run(cmd[:4] + ["9"] + cmd[5:] + ["--from-chunks", "--json", str(tmp_path / "only.json")],
+                          capture_output=True, text=True, timeout=300)
+    assert only.returncode == 0 and only.stdout.count("not run") == 1, only.stderr
+    built = json.loads((tmp_path / "only.json").read_text())
+    assert built["rows"] == table["rows"] and built["ran"] == 0 and not built["complete"]
     other = subprocess.run(cmd[:-4] + ["--columns", "none", "--chunks", str(chunks)], capture_output=True, text=True,
                            timeout=300)
     assert other.returncode != 0 and "made with other settings" in other.stderr
+
+
+TRANSFORM_TABLES = sorted(p.name for p in (ROOT / "docs" / "bench").glob("transforms_*") if p.is_dir())
+
+
+@pytest.mark.parametrize("chunks", TRANSFORM_TABLES)
+def test_transforms_bench_rebuilds_each_committed_table_from_its_chunks(tmp_path, chunks):
+    """Each committed transform table made in parts is what ``bench.transforms`` builds from its folder of chunks:
+    its own command again, over the images it covers, runs nothing and gives the same rows. The per-image
+    reports behind it keep the budget, every file the check called robust keeps its label, and the protection is
+    real: with no transform each protected variant leaves more images robust than the originals under each attack."""
+    folder = ROOT / "docs" / "bench" / chunks
+    table = json.loads(folder.with_suffix(".json").read_text())
+    (first, end), = table["images"]
+    args, words = [], shlex.split(table["command"])[3:]
+    skip = {"--json", "--markdown", "--chunks", "-n", "--start"}
+    for i, w in enumerate(words):
+        if w not in skip and (i == 0 or words[i - 1] not in skip):
+            args.append(w)
+    out = tmp_path / "t.json"
+    r = subprocess.run([sys.executable, "-m", "bench.transforms", *args, "-n", str(end - first), "--start", str(first),
+                        "--chunks", str(folder), "--from-chunks", "--json", str(out)], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rebuilt = json.loads(out.read_text())
+    assert rebuilt["ran"] == 0 and "not run" not in r.stdout and r.stdout.count("taken from") == len(list(folder.glob("*.json")))
+    assert rebuilt["rows"] == table["rows"] and rebuilt["images"] == table["images"] == [[first, end]]
+    for path in folder.glob("*.json"):
+        for reports in json.loads(path.read_text())["reports"].values():
+            assert all(rep["linf"] <= rep["delta"] + 1e-6 for rep in reports)
+            assert all(rep["label_kept"] for rep in reports if rep["verified"]["robust"])
+    originals, *protected = table["rows"]
+    for row in protected:
+        for attack in table["attacks"]:
+            assert row[f"none:{attack}"] > originals[f"none:{attack}"]
 
 
 def test_quality_bench_measures_each_setting_on_real_images_and_photos(tmp_path):
