@@ -205,7 +205,7 @@ def test_transforms_bench_rebuilds_each_committed_table_from_its_chunks(tmp_path
     real: with no transform each protected variant leaves more images robust than the originals under each attack."""
     folder = ROOT / "docs" / "bench" / chunks
     table = json.loads(folder.with_suffix(".json").read_text())
-    (first, end), = table["images"]
+    first, end = table["images"][0][0], table["images"][-1][1]  # a table may cover ranges with gaps between
     args, words = [], shlex.split(table["command"])[3:]
     skip = {"--json", "--markdown", "--chunks", "-n", "--start"}
     for i, w in enumerate(words):
@@ -217,8 +217,8 @@ def test_transforms_bench_rebuilds_each_committed_table_from_its_chunks(tmp_path
                        timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     rebuilt = json.loads(out.read_text())
-    assert rebuilt["ran"] == 0 and "not run" not in r.stdout and r.stdout.count("taken from") == len(list(folder.glob("*.json")))
-    assert rebuilt["rows"] == table["rows"] and rebuilt["images"] == table["images"] == [[first, end]]
+    assert rebuilt["ran"] == 0 and r.stdout.count("taken from") == len(list(folder.glob("*.json")))
+    assert rebuilt["rows"] == table["rows"] and rebuilt["images"] == table["images"]
     for path in folder.glob("*.json"):
         for reports in json.loads(path.read_text())["reports"].values():
             assert all(rep["linf"] <= rep["delta"] + 1e-6 for rep in reports)
