@@ -5,8 +5,8 @@
 
 ``DIR`` is a ``bench.defaults --keep`` folder whose ``defaults`` row was evaluated with AutoAttack (its
 ``defaults.pt`` and ``defaults.eval.json``). On the files that row's reports call robust, the product's check
-(``protect.check_margins``) runs ``--runs`` more times, each from other random draws (run ``k``: torch seeded
-``10 + k``, the APGD stages with seed ``k``), keeping each file's lowest margin (the label's logit minus the next,
+(``protect.check_margins``) runs ``--runs`` more times, each from other random draws (run ``k``: the check with
+``seed=k``), keeping each file's lowest margin (the label's logit minus the next,
 at the points the check's attacks end on; a file a run rejects counts as margin -1). Each rule below is scored
 against that row's own AutoAttack verdicts (true label; ``--against pgd``: its PGD-20's):
 
@@ -60,7 +60,6 @@ def main(argv=None) -> int:
     margins = []
     t0 = time.time()
     for k in range(args.runs):
-        torch.manual_seed(10 + k)
         parts = []
         for i in range(0, len(idx), args.batch):
             j = idx[i:i + args.batch]

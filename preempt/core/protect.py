@@ -142,7 +142,9 @@ def check_margins(model: torch.nn.Module, x: torch.Tensor, label: torch.Tensor, 
                   decide_above: Optional[float] = None) -> tuple:
     """One run of the check ``attack`` (see :func:`verify_robust`): ``(robust, margin)``, where ``margin`` is, for
     each image the check leaves robust, the lowest margin (the label's logit minus the next) that any of its attacks
-    ended on: how close it came to calling the image broken. ``seed`` seeds the APGD stages.
+    ended on: how close it came to calling the image broken. ``seed`` seeds every stage's random draws (the PGD
+    starts and the APGD stages), and the check leaves torch's generator as it found it: its verdicts are a function
+    of the images and ``seed`` alone, and a caller's later draws do not depend on whether it ran.
 
     ``decide_above`` (default :data:`DECIDED_MARGIN`; ``None`` there or ``inf``: the tiered APGD-T of
     :data:`APGD_T_STEPS` on every image): APGD-T runs :data:`APGD_T_SCREEN` toward every runner-up class, then :data:`APGD_T_CLOSE` only on
@@ -176,12 +178,14 @@ def check_margins(model: torch.nn.Module, x: torch.Tensor, label: torch.Tensor, 
             stages.append((apgd_t(APGD_T_STEPS), None))
         else:
             stages += [(apgd_t(APGD_T_SCREEN), None), (apgd_t(APGD_T_CLOSE), decide_above)]
-    for stage, below in stages:
-        idx = (robust if below is None else robust & (margin < below)).nonzero().flatten()
-        if idx.numel() == 0:
-            continue
-        robust[idx], m = stage(x[idx], label[idx])
-        margin[idx] = torch.minimum(margin[idx], m)
+    with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+        torch.random.manual_seed(seed)
+        for stage, below in stages:
+            idx = (robust if below is None else robust & (margin < below)).nonzero().flatten()
+            if idx.numel() == 0:
+                continue
+            robust[idx], m = stage(x[idx], label[idx])
+            margin[idx] = torch.minimum(margin[idx], m)
     return robust, margin
 
 

@@ -32,16 +32,14 @@ def test_strong_verification_is_stricter_than_pgd(adv_model, fmnist_test):
 
 
 def test_the_recheck_of_close_calls_only_takes_verdicts_away_and_needs_a_clear_second_pass(adv_model, fmnist_test):
-    """``check_margins`` is the check itself (same verdicts, from the same generator state) with, for each image it
+    """``check_margins`` is the check itself (same verdicts) with, for each image it
     passes, a margin that is positive and no larger than the image's own; ``recheck_below`` runs the check once
     more (other draws) on the images passed with a margin below it, and such an image stays robust only if that
     run passes it with a margin of at least ``recheck_below``."""
     x, y = fmnist_test
     x, y = x[200:296], y[200:296]
     threat = ThreatModel("linf", 0.1)
-    torch.manual_seed(3)
     plain = verify_robust(adv_model, x, y, threat, recheck_below=0.0)
-    torch.manual_seed(3)
     robust, margin = check_margins(adv_model, x, y, threat)
     assert torch.equal(robust, plain) and 10 < int(robust.sum()) < len(y)
     with torch.no_grad():
@@ -49,16 +47,31 @@ def test_the_recheck_of_close_calls_only_takes_verdicts_away_and_needs_a_clear_s
     own = z.gather(1, y[:, None])[:, 0] - z.scatter(1, y[:, None], -float("inf")).max(1).values
     assert (margin[robust] > 0).all() and (margin <= own + 1e-6).all()
     tau = float(margin[robust].median())
-    torch.manual_seed(3)
     rechecked = verify_robust(adv_model, x, y, threat, recheck_below=tau)
     close = plain & (margin < tau)
     again = torch.zeros_like(plain)
-    torch.manual_seed(3)
-    check_margins(adv_model, x, y, threat)  # the generator as the recheck found it
     r2, m2 = check_margins(adv_model, x[close], y[close], threat, seed=1)
     again[close] = r2 & (m2 >= tau)
     assert torch.equal(rechecked, plain & (~close | again))
     assert int(close.sum()) >= 5 and not (rechecked & ~plain).any()
+
+
+def test_the_check_depends_on_its_images_and_seed_only_and_leaves_the_generator_as_it_was(adv_model, fmnist_test):
+    """The check seeds its own draws: the same images and ``seed`` give the same verdicts and margins whatever the
+    caller drew before, another ``seed`` other draws, and torch's generator is left as the check found it (a
+    caller's later draws, e.g. the next robustification of a retry, do not depend on whether a check ran)."""
+    x, y = fmnist_test
+    x, y = x[200:224], y[200:224]
+    threat = ThreatModel("linf", 0.1)
+    torch.manual_seed(5)
+    before = torch.random.get_rng_state()
+    robust, margin = check_margins(adv_model, x, y, threat)
+    assert torch.equal(torch.random.get_rng_state(), before)
+    torch.rand(7)
+    again, again_margin = check_margins(adv_model, x, y, threat)
+    assert torch.equal(robust, again) and torch.equal(margin, again_margin)
+    _, other_margin = check_margins(adv_model, x, y, threat, seed=1)
+    assert not torch.equal(margin[robust], other_margin[robust])
 
 
 def test_the_decided_check_runs_the_long_attacks_only_on_close_images(adv_model, fmnist_test):
