@@ -1,7 +1,7 @@
 """What wins back protection lost to JPEG re-encoding: robustification variants against AutoAttack through JPEG 75.
 
     python -m bench.survive [-n 50] [--start 0] [--variants originals,defaults,s75-high,full-high]
-        [--model fmnist-linf-ours-12ep] [--jsonl F]
+        [--model fmnist-linf-ours-12ep] [--delta D] [--jsonl F]
 
 Test images ``start .. start + n`` of Fashion-MNIST go through the product's pipeline (``protect_images``: robustify,
 8-bit PNG, the report's check, continuation, the strength's scale) under each variant of :data:`VARIANTS` (a
@@ -16,6 +16,9 @@ the robustifier's passes per image (continuation included; not the check's), how
 share the report verified (through the survive spec's check points), the mean scale kept, seconds per image of the
 pipeline, and the per-image JPEG-75 verdicts (``j75_aa_mask``) so that runs on consecutive ranges of images can be
 pooled.
+
+``--delta D`` gives the user a budget other than the card's (as a client's ``delta`` would); the attacker's epsilon
+stays the card's, so the rows say what a larger (or smaller) change buys against the same man in the middle.
 """
 
 from __future__ import annotations
@@ -77,6 +80,7 @@ def main(argv=None) -> int:
     ap.add_argument("--variants", default="originals,defaults,s75-high,full-high",
                     help="comma list: originals and names of VARIANTS")
     ap.add_argument("--model", default=DEFAULT_MODEL)
+    ap.add_argument("--delta", type=float, help="the user's budget (default: the model card's); epsilon stays")
     ap.add_argument("--jsonl", help="append each variant's line here too")
     args = ap.parse_args(argv)
     names = [v for v in args.variants.split(",") if v]
@@ -84,18 +88,22 @@ def main(argv=None) -> int:
     if unknown:
         ap.error(f"unknown variants {unknown}; choose from {['originals', *VARIANTS]}")
     model = load_classifier(args.model).model
-    threat = card_threat(args.model)
+    threat = card_threat(args.model)  # the attacker's, and the originals' evaluation
+    budget = card_threat(args.model, delta=args.delta) if args.delta is not None else threat
+    if budget.epsilon != threat.epsilon:
+        ap.error(f"--delta {args.delta} changed epsilon ({threat.epsilon} -> {budget.epsilon})")
     x, y = fashion_mnist("test", limit=args.start + args.n)[:2]
     x, y = x[args.start:], y[args.start:]
     for name in names:
         t0 = time.perf_counter()
-        row = {"variant": name, "model": args.model, "start": args.start, "n": len(x)}
+        row = {"variant": name, "model": args.model, "start": args.start, "n": len(x),
+               "epsilon": threat.epsilon, "delta": None if name == "originals" else budget.delta}
         if name == "originals":
             acc, mask = evaluate(model, x, y, threat)
         else:
             spec, cfg, strength, *extra = VARIANTS[name]
             torch.manual_seed(0)
-            out = protect_images(model, [DecodedImage(pixels=xi, alpha=None, format="png") for xi in x], threat, cfg,
+            out = protect_images(model, [DecodedImage(pixels=xi, alpha=None, format="png") for xi in x], budget, cfg,
                                  strength=strength, survive=Transform(spec) if spec else None,
                                  **(extra[0] if extra else {}))
             sec = time.perf_counter() - t0

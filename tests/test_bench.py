@@ -482,11 +482,12 @@ def test_initializer_bench_keeps_every_start_inside_the_budget(tmp_path):
 
 
 def test_survive_bench_keeps_the_budget_and_counts_jpeg_robustness_within_clean(tmp_path):
-    """bench.survive on 3 real test images, robustified through JPEG 75 (survive) and without: every file inside
-    the linf budget, each accuracy at most clean, robust at JPEG 75 only where the JPEG-75 clean label holds, and
-    an unknown variant refused."""
+    """bench.survive on 3 real test images, robustified through JPEG 75 (survive) and without at a budget below
+    the card's (``--delta 0.08``): every file inside that budget and the whole change written at high strength,
+    the attack at the card's epsilon, each accuracy at most clean, robust at JPEG 75 only where the JPEG-75 clean
+    label holds, and an unknown variant refused."""
     out = tmp_path / "s.jsonl"
-    r = subprocess.run([sys.executable, "-m", "bench.survive", "-n", "3", "--start", "7",
+    r = subprocess.run([sys.executable, "-m", "bench.survive", "-n", "3", "--start", "7", "--delta", "0.08",
                         "--variants", "originals,s75-high,defaults", "--jsonl", str(out)],
                        capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-2000:]
@@ -496,8 +497,13 @@ def test_survive_bench_keeps_the_budget_and_counts_jpeg_robustness_within_clean(
         assert row["n"] == 3 and len(row["j75_aa_mask"]) == 3
         assert row["j75_aa"] <= min(row["j75_aa_adaptive"], row["j75_aa_nonadaptive"]) <= row["j75_clean"]
         assert sum(row["j75_aa_mask"]) == round(row["j75_aa"] * 3)
+    for row in rows.values():
+        assert row["epsilon"] == 0.1
+    assert rows["originals"]["delta"] is None
     for name in ("s75-high", "defaults"):
-        assert rows[name]["linf_max"] <= 0.1 + 1e-6 and rows[name]["passes"] > 0
+        assert rows[name]["delta"] == 0.08 and rows[name]["passes"] > 0
+        assert rows[name]["linf_max"] <= 0.08 + 1e-6
+    assert rows["s75-high"]["linf_max"] > 0.08 - 2 / 255  # the whole change, at the budget asked for
     assert rows["s75-high"]["scale"] == 1.0 and 0 <= rows["defaults"]["scale"] <= 1.0
     bad = subprocess.run([sys.executable, "-m", "bench.survive", "-n", "1", "--variants", "fastest"],
                          capture_output=True, text=True, timeout=300)
