@@ -2,7 +2,7 @@
 
     python -m bench.transforms [-n 1000] [--model fmnist-linf-ours-12ep] [--upscale 1]
         [--columns none,jpeg:75,jpeg:85,jpeg:95] [--survive jpeg:75-95] [--attacks pgd,aa]
-        [--batch 100] [--chunks DIR [--from-chunks]] [--json F] [--markdown F]
+        [--batch 100] [--delta D] [--chunks DIR [--from-chunks]] [--json F] [--markdown F]
 
 The first ``n`` Fashion-MNIST test images (enlarged ``--upscale`` times by Pillow first, as a platform sees a
 photo larger than its model's input) go through the product's pipeline (``protect_images`` at the defaults:
@@ -26,6 +26,9 @@ the same table. The table is then built from every chunk in the folder with thos
 image, so a 1000-image table can be made in parts; it says which images it covers, and how many of them this run
 ran (``ran``: 0 when it only built the table from the chunks; its ``seconds`` are then this run's, not the table's).
 ``--from-chunks`` builds the table of the folder and runs nothing.
+
+``--delta D`` gives both variants a budget other than the card's (as a client's ``delta`` would); the attacks keep
+the card's epsilon, so the table says what a larger change buys against the same man in the middle.
 """
 
 from __future__ import annotations
@@ -74,6 +77,8 @@ def main(argv=None) -> int:
                     help="AutoAttack components run through the transform: all (the standard four) or a comma list, "
                          "e.g. apgd-ce,apgd-t (the non-adaptive AutoAttack is always the standard four)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--delta", type=float, default=None,
+                    help="the user's budget for both variants (default: the model card's); the attack's epsilon stays")
     ap.add_argument("--chunks", default=None, help="folder for each batch's per-image results; batches found there "
                     "are taken, not run again, and the table covers every chunk there with these settings")
     ap.add_argument("--from-chunks", action="store_true", help="only build the table of the chunks in --chunks; "
@@ -87,7 +92,10 @@ def main(argv=None) -> int:
     if args.from_chunks and not args.chunks:
         ap.error("--from-chunks needs --chunks DIR")
     clf = load_classifier(args.model)
-    threat = card_threat(args.model)
+    threat = card_threat(args.model)  # the attacker's, and the budget unless --delta
+    budget = card_threat(args.model, delta=args.delta) if args.delta is not None else threat
+    if budget.epsilon != threat.epsilon:
+        ap.error(f"--delta {args.delta} changed epsilon ({threat.epsilon} -> {budget.epsilon})")
     x, y = fashion_mnist("test", limit=args.start + args.n)
     x, y = enlarge(x[args.start:], args.upscale), y[args.start:]
     columns = [Transform(c).spec for c in args.columns.split(",")]
@@ -98,7 +106,7 @@ def main(argv=None) -> int:
     variants = {"defaults": None, f"survive {Transform(args.survive).spec}": Transform(args.survive)}
     settings = {"model": args.model, "upscale": args.upscale, "columns": columns, "survive": Transform(args.survive).spec,
                 "attacks": attacks, "adaptive_aa": list(adaptive_aa or ["all"]), "seed": args.seed,
-                "threat": asdict(threat)}
+                "threat": asdict(budget)}
     chunks = Path(args.chunks) if args.chunks else None
     if chunks is not None:
         chunks.mkdir(parents=True, exist_ok=True)
@@ -110,7 +118,7 @@ def main(argv=None) -> int:
         """The table of ``done`` (this run's chunks, or every chunk of the folder), written where asked."""
         result = table(done, attacks, columns)
         result.update({"command": command, "model": args.model, "adaptive_aa": settings["adaptive_aa"],
-                       "upscale": args.upscale, "image_size": list(x.shape[-2:]), "threat": asdict(threat),
+                       "upscale": args.upscale, "image_size": list(x.shape[-2:]), "threat": asdict(budget),
                        "columns": columns, "attacks": attacks, "seconds": time.perf_counter() - t0,
                        "ran": sum(c["end"] - c["first"] for c in ran),
                        "complete": covers(result["images"], args.start, args.start + len(x))})
@@ -144,7 +152,7 @@ def main(argv=None) -> int:
         for variant, survive in variants.items():
             torch.manual_seed(args.seed + first)
             start = time.perf_counter()
-            out = protect_images(clf.model, [DecodedImage(pixels=xi, alpha=None, format="png") for xi in xb], threat,
+            out = protect_images(clf.model, [DecodedImage(pixels=xi, alpha=None, format="png") for xi in xb], budget,
                                  config, strength="medium", survive=survive)
             chunk["seconds"][variant] = time.perf_counter() - start
             chunk["reports"][variant] = [r.report for r in out]

@@ -192,6 +192,17 @@ def test_transforms_bench_writes_its_table(tmp_path):
     other = subprocess.run(cmd[:-4] + ["--columns", "none", "--chunks", str(chunks)], capture_output=True, text=True,
                            timeout=300)
     assert other.returncode != 0 and "made with other settings" in other.stderr
+    # another budget is another table: refused on these chunks; in its own folder every file keeps that budget
+    wider = subprocess.run(cmd + ["--delta", "0.15"], capture_output=True, text=True, timeout=300)
+    assert wider.returncode != 0 and "made with other settings" in wider.stderr
+    small = tmp_path / "small"
+    r = subprocess.run(cmd[:4] + ["2", "--batch", "2"] + cmd[7:-1] + [str(small), "--delta", "0.05"],
+                       capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr
+    chunk = json.loads((small / "00000-00002.json").read_text())
+    assert chunk["settings"]["threat"] == {"norm": "linf", "epsilon": 0.1, "delta": 0.05}
+    for variant in ("defaults", "survive jpeg:75-95"):
+        assert all(report["linf"] <= 0.05 + 1e-6 for report in chunk["reports"][variant])
 
 
 TRANSFORM_TABLES = sorted(p.name for p in (ROOT / "docs" / "bench").glob("transforms_*") if p.is_dir())
